@@ -1,0 +1,26 @@
+"""skfusion: multimodal fusion (text, audio, images, tabular) as scikit-learn estimators.
+
+``import skfusion`` stays light: torch, sentence-transformers, librosa and onnxruntime are
+imported only by the encoders that use them, when they first need them.
+"""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+from .fusion import (
+    EarlyFusion,
+    FusionClassifier,
+    FusionRegressor,
+    LateFusionClassifier,
+    LateFusionRegressor,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "EarlyFusion",
+    "FusionClassifier",
+    "FusionRegressor",
+    "LateFusionClassifier",
+    "LateFusionRegressor",
+    "__version__",
+]

@@ -1,0 +1,11 @@
+"""Per-modality encoders: scikit-learn transformers that turn raw items into features.
+
+Each encoder lives in its own private module and imports its heavy backend (torch,
+sentence-transformers, librosa, onnxruntime) only when it first needs it.
+"""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+from ._text import TextEncoder
+
+__all__ = ["TextEncoder"]

@@ -1,0 +1,94 @@
+"""Shared plumbing of skfusion's encoders: 1-D input checks, missing rows, NaN outputs."""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+import numpy as np
+import pandas as pd
+
+from .._utils import is_missing_item
+
+__all__ = []
+
+
+class EncodingError(ValueError):
+    """A raw item could not be encoded; the message names the row and the value."""
+
+
+def _short(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def column_values(X, encoder_name):
+    """Return (values as a 1-D object array, row labels) from a 1-D input or a 1-column 2-D one."""
+    labels = None
+    if isinstance(X, pd.DataFrame):
+        if X.shape[1] != 1:
+            raise ValueError(
+                f"{encoder_name} encodes one column; got a DataFrame with {X.shape[1]} columns "
+                f"{list(X.columns)!r}. Give each column its own modality."
+            )
+        X = X.iloc[:, 0]
+    if isinstance(X, pd.Series):
+        labels = X.index
+        values = np.empty(len(X), dtype=object)
+        for i, item in enumerate(X.tolist()):
+            values[i] = item
+    elif isinstance(X, (str, bytes)):
+        raise ValueError(
+            f"{encoder_name} expects a 1-D sequence of items, got a single {type(X).__name__}; "
+            "wrap it in a list."
+        )
+    else:
+        if isinstance(X, np.ndarray) and X.ndim == 2:
+            if X.shape[1] != 1:
+                raise ValueError(
+                    f"{encoder_name} encodes one column; got a 2-D array with {X.shape[1]} "
+                    "columns. Give each column its own modality."
+                )
+            X = X[:, 0]
+        items = list(X)
+        values = np.empty(len(items), dtype=object)
+        for i, item in enumerate(items):  # element-wise: items may be arrays themselves
+            values[i] = item
+    return values, labels
+
+
+def row_name(i, labels):
+    """How an error message names row ``i``: its position, and its index label if different."""
+    if labels is None:
+        return f"row {i}"
+    label = labels[i]
+    return f"row {i}" if label == i else f"row {i} (index {label!r})"
+
+
+def split_missing(values, labels, check_item, on_error, encoder_name):
+    """Sort items into present (checked) ones and missing ones.
+
+    ``check_item(value)`` returns the cleaned item or raises ``TypeError``/``ValueError`` for a
+    bad one. Returns ``(present_indices, cleaned_items)``.
+    """
+    present, items = [], []
+    for i, value in enumerate(values):
+        if is_missing_item(value):
+            continue
+        try:
+            items.append(check_item(value))
+        except (TypeError, ValueError) as exc:
+            if on_error == "missing":
+                continue
+            raise EncodingError(
+                f"{encoder_name} cannot encode {row_name(i, labels)}: {exc} (value {_short(value)}). "
+                "Fix the value, or pass on_error='missing' to treat bad items as a missing "
+                "modality."
+            ) from exc
+        present.append(i)
+    return np.asarray(present, dtype=np.intp), items
+
+
+def scatter(n, present, rows, dim, dtype=np.float32):
+    """An (n, dim) array with ``rows`` at ``present`` and NaN elsewhere."""
+    out = np.full((n, dim), np.nan, dtype=dtype)
+    if len(present):
+        out[present] = rows
+    return out

@@ -1,0 +1,291 @@
+"""Early fusion: encode every modality, then concatenate the features for one model."""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+from numbers import Integral, Real
+
+import numpy as np
+from scipy import sparse
+from sklearn.base import TransformerMixin, _fit_context
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import (
+    _BaseFusion,
+    fit_transform_modalities,
+    modality_feature_names,
+    transform_modalities,
+)
+
+__all__ = ["EarlyFusion"]
+
+
+class EarlyFusion(TransformerMixin, _BaseFusion):
+    """Encode each modality with its transformer and concatenate the features.
+
+    Early fusion puts every modality into one feature matrix for a single downstream model.
+    Each modality's transformer is cloned and fitted on the rows where that modality is
+    present. Rows where a modality is missing (``None``, ``NaN`` or an empty value in its raw
+    column) get that modality's training mean, and a ``"<name>__present"`` flag column tells the
+    downstream model which rows were imputed.
+
+    Read more in the :ref:`User Guide <early_fusion>`.
+
+    Parameters
+    ----------
+    modalities : list of (str, transformer, columns) tuples
+        The modality spec, like :class:`~sklearn.compose.ColumnTransformer`'s ``transformers``.
+        ``columns`` is a column name or position (the transformer gets a 1-D array: text,
+        paths, raw arrays), or a list / slice / boolean mask / callable (it gets a 2-D frame).
+        The transformer may be any sklearn transformer, ``"passthrough"`` or ``"drop"``.
+
+    weights : dict of str to float, default=None
+        Multiplier applied to each modality's features (after scaling); modalities not named
+        keep weight 1.
+
+    scaling : {"standard", "block"} or None, default=None
+        ``"standard"`` standardises every output column with the training mean and standard
+        deviation. ``"block"`` also divides each modality by the square root of its width, so
+        every modality contributes the same total variance however many features it has (a
+        384-d text embedding does not drown three tabular columns). Sparse blocks are scaled
+        without centring. ``None`` leaves the features as the transformers return them.
+
+    presence_flags : {"auto", "always", "never"}, default="auto"
+        Whether to append a ``"<name>__present"`` column (1.0 present, 0.0 missing) for each
+        modality: ``"auto"`` adds it for the modalities that had missing rows during ``fit``.
+
+    n_jobs : int, default=None
+        Number of modalities encoded in parallel. ``None`` means 1 unless in a
+        :func:`joblib.parallel_config` context; ``-1`` means all processors.
+
+    Attributes
+    ----------
+    transformers_ : list of (str, transformer, columns) tuples
+        The fitted transformer of each modality (``"drop"``/``"passthrough"`` kept as is).
+
+    named_transformers_ : :class:`~sklearn.utils.Bunch`
+        The fitted transformers by modality name.
+
+    output_indices_ : dict of str to slice
+        Which output columns come from each modality (its flag column excluded).
+
+    fill_values_ : dict of str to ndarray
+        The values that replace a missing modality (the training mean of its features).
+
+    n_features_in_ : int
+        Number of columns in ``X`` during fit.
+
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of ``X`` during fit, when it is a DataFrame.
+
+    See Also
+    --------
+    LateFusionClassifier : One model per modality, stacked.
+    FusionClassifier : Chooses the fusion strategy with a parameter.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from skfusion import EarlyFusion
+    >>> X = pd.DataFrame({"a": [1.0, 2.0, np.nan, 4.0], "b": [0.5, 0.1, 0.2, 0.3],
+    ...                   "c": [10.0, 20.0, 30.0, 40.0]})
+    >>> fusion = EarlyFusion([("left", StandardScaler(), ["a"]),
+    ...                       ("right", StandardScaler(), ["b", "c"])])
+    >>> fusion.fit_transform(X).shape
+    (4, 4)
+    >>> fusion.get_feature_names_out().tolist()
+    ['left__a', 'left__present', 'right__b', 'right__c']
+    """
+
+    _parameter_constraints: dict = {
+        "modalities": [list],
+        "weights": [dict, None],
+        "scaling": [StrOptions({"standard", "block"}), None],
+        "presence_flags": [StrOptions({"auto", "always", "never"})],
+        "n_jobs": [None, Integral],
+    }
+
+    def __init__(self, modalities, *, weights=None, scaling=None, presence_flags="auto", n_jobs=None):
+        self.modalities = modalities
+        self.weights = weights
+        self.scaling = scaling
+        self.presence_flags = presence_flags
+        self.n_jobs = n_jobs
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None):
+        """Fit every modality transformer on the rows where its modality is present.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            Raw input with the columns named in ``modalities``.
+        y : array-like of shape (n_samples,), default=None
+            Target, passed on to the transformers that use one.
+
+        Returns
+        -------
+        self : EarlyFusion
+            The fitted transformer.
+        """
+        self._fit(X, y)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit_transform(self, X, y=None):
+        """Fit on X and return the fused features.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            Raw input with the columns named in ``modalities``.
+        y : array-like of shape (n_samples,), default=None
+            Target, passed on to the transformers that use one.
+
+        Returns
+        -------
+        X_fused : ndarray or sparse matrix of shape (n_samples, n_features_out)
+            The concatenated modality features (and presence flags).
+        """
+        return self._fit(X, y)
+
+    def _fit(self, X, y):
+        X = self._check_X(X, reset=True)
+        self._build_modalities(X)
+        if self.weights is not None:
+            unknown = set(self.weights) - {m.name for m in self._modalities}
+            if unknown:
+                raise ValueError(
+                    f"weights names unknown modalities {sorted(unknown)!r}; modalities are "
+                    f"{[m.name for m in self._modalities]!r}."
+                )
+        fitted, blocks, presence = fit_transform_modalities(self, X, y, n_jobs=self.n_jobs)
+        self.transformers_ = fitted
+        self._widths = [None if b is None else b.shape[1] for b in blocks]
+        self.fill_values_, self._scale, self._center = {}, {}, {}
+        for (name, _, _), block, present in zip(fitted, blocks, presence.T):
+            if block is None:
+                continue
+            self._fit_block_stats(name, block, present)
+        if self.presence_flags == "always":
+            self._flagged = [b is not None for b in blocks]
+        elif self.presence_flags == "never":
+            self._flagged = [False] * len(blocks)
+        else:
+            self._flagged = [b is not None and not p.all() for b, p in zip(blocks, presence.T)]
+        return self._assemble(blocks, presence)
+
+    def _fit_block_stats(self, name, block, present):
+        if sparse.issparse(block):
+            rows = block[np.flatnonzero(present)]
+            fill = np.zeros(block.shape[1])
+            mean = np.asarray(rows.mean(axis=0)).ravel()
+            var = np.asarray(rows.multiply(rows).mean(axis=0)).ravel() - mean**2
+            center = np.zeros(block.shape[1])
+        else:
+            rows = block[present]
+            with np.errstate(all="ignore"):
+                fill = np.nanmean(rows, axis=0) if rows.size else np.zeros(block.shape[1])
+                fill = np.where(np.isnan(fill), 0.0, fill)
+                var = np.nanvar(rows, axis=0)
+            center = fill
+        std = np.sqrt(np.clip(np.nan_to_num(var), 0, None))
+        std[std < 1e-12] = 1.0
+        scale = np.ones(block.shape[1])
+        if self.scaling in ("standard", "block"):
+            scale = 1.0 / std
+            if self.scaling == "block":
+                scale = scale / np.sqrt(block.shape[1])
+        else:
+            center = np.zeros(block.shape[1])
+        if self.weights is not None:
+            scale = scale * float(self.weights.get(name, 1.0))
+        self.fill_values_[name] = fill
+        self._scale[name] = scale
+        self._center[name] = center
+
+    def _assemble(self, blocks, presence):
+        out, any_sparse = [], any(sparse.issparse(b) for b in blocks if b is not None)
+        self.output_indices_ = {}
+        start = 0
+        for j, ((name, _, _), block) in enumerate(zip(self.transformers_, blocks)):
+            if block is None:
+                self.output_indices_[name] = slice(start, start)
+                continue
+            if sparse.issparse(block):
+                block = block @ sparse.diags(self._scale[name])
+            else:
+                block = block.copy()
+                missing = ~presence[:, j]
+                if missing.any():
+                    block[missing] = self.fill_values_[name]
+                block = (block - self._center[name]) * self._scale[name]
+            out.append(block)
+            self.output_indices_[name] = slice(start, start + block.shape[1])
+            start += block.shape[1]
+            if self._flagged[j]:
+                out.append(presence[:, [j]].astype(np.float64))
+                start += 1
+        if any_sparse:
+            return sparse.hstack([sparse.csr_matrix(b) for b in out]).tocsr()
+        return np.hstack(out)
+
+    def transform(self, X):
+        """Encode every modality with its fitted transformer and concatenate.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            Raw input with the same columns as during fit.
+
+        Returns
+        -------
+        X_fused : ndarray or sparse matrix of shape (n_samples, n_features_out)
+            The fused features.
+        """
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        blocks, presence = transform_modalities(
+            self, X, self.transformers_, self._widths, n_jobs=self.n_jobs
+        )
+        return self._assemble(blocks, presence)
+
+    @property
+    def named_transformers_(self):
+        """The fitted transformers by modality name."""
+        from sklearn.utils import Bunch
+
+        check_is_fitted(self)
+        return Bunch(**{name: trans for name, trans, _ in self.transformers_})
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names: ``"<modality>__<feature>"`` and ``"<modality>__present"``.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Ignored; present for API consistency.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+            Names of the fused features.
+        """
+        check_is_fitted(self)
+        names = []
+        for j, ((name, trans, _), mod) in enumerate(zip(self.transformers_, self._modalities)):
+            if self._widths[j] is None:
+                continue
+            names += modality_feature_names(name, trans, mod.names, self._widths[j])
+            if self._flagged[j]:
+                names.append(f"{name}__present")
+        return np.asarray(names, dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.input_tags.string = True
+        tags.transformer_tags.preserves_dtype = ["float64"]
+        return tags
