@@ -1,0 +1,50 @@
+"""ONNX Runtime plumbing shared by skfusion's encoders: sessions and the model store.
+
+Nothing here imports onnxruntime at import time; it is imported when a session is built.
+
+Sessions
+--------
+``resolve_providers(device="auto") -> list[str]``
+    ``"auto"`` → ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` when the installed
+    onnxruntime exposes CUDA, else ``["CPUExecutionProvider"]``; ``"cpu"``; ``"cuda"`` /
+    ``"cuda:N"`` (``RuntimeError`` when onnxruntime has no CUDA provider). Other strings give
+    ``ValueError``.
+``make_session(model_bytes, *, device="auto", intra_op_num_threads=None) -> InferenceSession``
+    Graph optimisation ``ORT_ENABLE_ALL``, sequential execution, the CPU provider as fallback.
+    ``model_bytes`` may also be a path. Corrupt or non-ONNX bytes raise ``ValueError``; a CUDA
+    device ORT cannot use raises ``RuntimeError``. Threads default to
+    ``default_intra_op_threads()``: ``OMP_NUM_THREADS`` when set (joblib's loky workers get
+    ``cpu_count // n_jobs`` there), else 1 inside a worker process (loky, multiprocessing), else
+    every CPU the process may run on. With fewer threads than CPUs, spin-waiting is turned off.
+``LazySession(model_bytes, device="auto", intra_op_num_threads=None)``
+    Picklable holder: ``.session`` (built on first access, thread-safe, dropped by
+    ``__getstate__``), ``.run(output_names, feeds)``, ``.input_names``, ``.output_names``,
+    ``.model_bytes``, ``.device``.
+
+Model store
+-----------
+``model_store_dir() -> pathlib.Path``
+    ``$SKFUSION_HOME/models`` or ``~/.cache/skfusion/models`` (``$XDG_CACHE_HOME`` respected).
+``store_get_or_create(key: str, build: callable -> bytes) -> bytes``
+    Entry file ``<sha256(key)>.bin``; atomic writes (temp file + ``os.replace``); one process
+    builds while concurrent ones wait on a lock file; an unwritable store builds in memory with
+    a ``RuntimeWarning``. Put a content hash of the source and every export setting in ``key``.
+``content_hash(*parts) -> str``
+    SHA-256 of bytes / str / file (``pathlib.Path``) parts, for building keys.
+"""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+from ._session import LazySession, default_intra_op_threads, make_session, resolve_providers
+from ._store import content_hash, model_store_dir, store_get_or_create, store_path
+
+__all__ = [
+    "LazySession",
+    "content_hash",
+    "default_intra_op_threads",
+    "make_session",
+    "model_store_dir",
+    "resolve_providers",
+    "store_get_or_create",
+    "store_path",
+]

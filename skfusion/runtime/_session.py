@@ -1,0 +1,302 @@
+"""ONNX Runtime sessions: device → execution providers, thread settings, lazy pickle-safe holder."""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+import multiprocessing
+import os
+import threading
+
+from .._utils import import_optional_dependency
+
+__all__ = ["LazySession", "default_intra_op_threads", "make_session", "resolve_providers"]
+
+_CPU = "CPUExecutionProvider"
+_CUDA = "CUDAExecutionProvider"
+
+
+def _ort():
+    return import_optional_dependency("onnxruntime", purpose="running ONNX models")
+
+
+def _parse_device(device):
+    """Return ``(kind, device_id)`` for ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str, got {type(device).__name__}")
+    text = device.strip().lower()
+    if text in ("auto", "cpu"):
+        return text, None
+    if text == "cuda":
+        return "cuda", 0
+    if text.startswith("cuda:"):
+        index = text[len("cuda:") :]
+        if index.isdigit():
+            return "cuda", int(index)
+    raise ValueError(
+        f"device={device!r} is not understood; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+    )
+
+
+def resolve_providers(device="auto"):
+    """ONNX Runtime execution providers for a ``device`` string.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
+        ``"auto"`` picks the CUDA provider when the installed onnxruntime exposes it, else the
+        CPU one; ``"cpu"`` always uses the CPU; ``"cuda"``/``"cuda:N"`` require the CUDA
+        provider and raise a ``RuntimeError`` when this onnxruntime build has none.
+
+    Returns
+    -------
+    providers : list of str
+        Provider names, best first; the CPU provider is always last as a fallback.
+
+    Examples
+    --------
+    >>> from skfusion.runtime import resolve_providers
+    >>> resolve_providers("cpu")
+    ['CPUExecutionProvider']
+    >>> resolve_providers("auto")[-1]
+    'CPUExecutionProvider'
+    """
+    kind, _ = _parse_device(device)
+    if kind == "cpu":
+        return [_CPU]
+    available = _ort().get_available_providers()
+    if _CUDA in available:
+        return [_CUDA, _CPU]
+    if kind == "cuda":
+        raise RuntimeError(
+            f"device={device!r} was requested, but this onnxruntime build has no "
+            f"CUDAExecutionProvider (available: {available}). Install `onnxruntime-gpu` on a "
+            "machine with a CUDA GPU, or use device='auto' or 'cpu'."
+        )
+    return [_CPU]
+
+
+def _provider_entries(device):
+    """Providers with their options (the CUDA device id) for ``InferenceSession``."""
+    _, device_id = _parse_device(device)
+    entries = []
+    for name in resolve_providers(device):
+        if name == _CUDA:
+            entries.append((name, {"device_id": device_id or 0}))
+        else:
+            entries.append(name)
+    return entries
+
+
+def _usable_cpus():
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def _in_worker_process():
+    name = multiprocessing.current_process().name
+    return name.startswith(("LokyProcess", "ForkPoolWorker", "SpawnPoolWorker", "Dask"))
+
+
+def default_intra_op_threads():
+    """Intra-op thread count that does not oversubscribe the machine.
+
+    ``OMP_NUM_THREADS`` wins when set: joblib sets it to ``cpu_count // n_jobs`` in its loky
+    workers, and users set it to share a machine. Otherwise a worker process of joblib/loky or
+    multiprocessing gets 1 thread, and the main process gets all the CPUs it may run on.
+
+    Returns
+    -------
+    n_threads : int
+        A positive thread count.
+
+    Examples
+    --------
+    >>> from skfusion.runtime import default_intra_op_threads
+    >>> default_intra_op_threads() >= 1
+    True
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return min(int(env), _usable_cpus())
+    if _in_worker_process():
+        return 1
+    return _usable_cpus()
+
+
+def _load_error(exc):
+    return ValueError(
+        "the bytes given are not a valid ONNX model that ONNX Runtime can load "
+        f"({type(exc).__name__}: {str(exc).strip()[:300]}). Check that the file is an .onnx "
+        "model and is not truncated."
+    )
+
+
+def make_session(model_bytes, *, device="auto", intra_op_num_threads=None):
+    """Build an ``onnxruntime.InferenceSession`` with skfusion's settings.
+
+    Graph optimisation is fully on, execution is sequential (one intra-op thread pool, no
+    inter-op pool) and the CPU provider is always the last fallback.
+
+    Parameters
+    ----------
+    model_bytes : bytes or path-like
+        A serialized ONNX model, or the path of an ``.onnx`` file.
+    device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
+        Mapped to execution providers by :func:`resolve_providers`.
+    intra_op_num_threads : int, default=None
+        Threads of the intra-op pool. ``None`` uses :func:`default_intra_op_threads`, which
+        gives 1 thread inside joblib workers so that parallel encoders do not oversubscribe.
+
+    Returns
+    -------
+    session : onnxruntime.InferenceSession
+        The loaded model.
+
+    Raises
+    ------
+    ValueError
+        When the bytes are not an ONNX model (corrupt, truncated, another format).
+    RuntimeError
+        When a CUDA device is requested and ONNX Runtime cannot use CUDA.
+
+    Examples
+    --------
+    >>> from skfusion.runtime import make_session
+    >>> make_session(b"not an onnx model", device="cpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: the bytes given are not a valid ONNX model ...
+    """
+    ort = _ort()
+    if isinstance(model_bytes, (str, os.PathLike)):
+        with open(model_bytes, "rb") as fh:
+            model_bytes = fh.read()
+    if not isinstance(model_bytes, (bytes, bytearray, memoryview)):
+        raise TypeError(f"model_bytes must be bytes or a path, got {type(model_bytes).__name__}")
+    model_bytes = bytes(model_bytes)
+    if not model_bytes:
+        raise ValueError("the ONNX model is empty (0 bytes).")
+    kind, _ = _parse_device(device)
+    providers = _provider_entries(device)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    threads = intra_op_num_threads or default_intra_op_threads()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    if threads < _usable_cpus():
+        # sharing the machine: do not burn cores spin-waiting between ops
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only
+    try:
+        session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
+    except Exception as exc:  # ORT raises its own pybind exception types
+        message = str(exc)
+        if "CUDA" in message and kind == "cuda":
+            raise RuntimeError(f"ONNX Runtime could not use CUDA: {message}") from exc
+        raise _load_error(exc) from exc
+    if kind == "cuda" and _CUDA not in session.get_providers():
+        raise RuntimeError(
+            f"device={device!r} was requested but ONNX Runtime fell back to "
+            f"{session.get_providers()} (the CUDA libraries could not be loaded)."
+        )
+    return session
+
+
+class LazySession:
+    """A picklable holder of ONNX model bytes that builds its session on first use.
+
+    The ``InferenceSession`` itself cannot be pickled, so it is dropped by ``__getstate__``
+    and rebuilt from the bytes after unpickling (e.g. in a joblib worker, or after
+    ``joblib.load``). Building is thread-safe.
+
+    Parameters
+    ----------
+    model_bytes : bytes
+        A serialized ONNX model.
+    device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
+        See :func:`resolve_providers`.
+    intra_op_num_threads : int, default=None
+        See :func:`make_session`.
+
+    Attributes
+    ----------
+    session : onnxruntime.InferenceSession
+        Built on first access.
+    input_names : list of str
+        Names of the model's inputs.
+    output_names : list of str
+        Names of the model's outputs.
+
+    Examples
+    --------
+    >>> import pickle
+    >>> from skfusion.runtime import LazySession
+    >>> lazy = LazySession(b"bytes of an .onnx file", device="cpu")
+    >>> pickle.loads(pickle.dumps(lazy)).device  # no session was built
+    'cpu'
+    """
+
+    def __init__(self, model_bytes, device="auto", intra_op_num_threads=None):
+        self.model_bytes = bytes(model_bytes)
+        self.device = device
+        self.intra_op_num_threads = intra_op_num_threads
+        self._session = None
+        self._lock = threading.Lock()
+
+    @property
+    def session(self):
+        """The ``onnxruntime.InferenceSession``, built on first access."""
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = make_session(
+                        self.model_bytes,
+                        device=self.device,
+                        intra_op_num_threads=self.intra_op_num_threads,
+                    )
+        return self._session
+
+    @property
+    def input_names(self):
+        """Names of the model inputs."""
+        return [node.name for node in self.session.get_inputs()]
+
+    @property
+    def output_names(self):
+        """Names of the model outputs."""
+        return [node.name for node in self.session.get_outputs()]
+
+    def run(self, output_names, feeds):
+        """Run the model: ``session.run(output_names, feeds)``.
+
+        Parameters
+        ----------
+        output_names : list of str or None
+            Outputs to compute; ``None`` computes all.
+        feeds : dict of str to ndarray
+            Input arrays by input name.
+
+        Returns
+        -------
+        outputs : list of ndarray
+            One array per requested output.
+        """
+        return self.session.run(output_names, feeds)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_session"] = None
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self):
+        return (
+            f"LazySession(<{len(self.model_bytes)} bytes>, device={self.device!r}, "
+            f"intra_op_num_threads={self.intra_op_num_threads!r})"
+        )
