@@ -21,7 +21,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import get_tags
 from sklearn.utils.metaestimators import _BaseComposition
 from sklearn.utils.parallel import Parallel, delayed
-from sklearn.utils.validation import validate_data
+from sklearn.utils.validation import (
+    check_array,
+    check_consistent_length,
+    column_or_1d,
+    validate_data,
+)
 
 from .._utils import is_missing_item, missing_mask_1d
 
@@ -185,6 +190,17 @@ class _BaseFusion(_BaseComposition):
         return validate_data(
             self, X, reset=reset, dtype=None, ensure_all_finite=False, accept_sparse=False
         )
+
+    def _check_y(self, X, y):
+        """Validate a supervised target: present, 1-D, as long as X."""
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        y = check_array(y, ensure_2d=False, dtype=None, ensure_all_finite=True, input_name="y")
+        y = column_or_1d(y, warn=True)
+        check_consistent_length(X, y)
+        return y
 
     def _check_columns_present(self, X):
         cols = set(map(str, X.columns))

@@ -97,6 +97,7 @@ class _BaseFusionDispatch(_BaseFusion):
             The fitted estimator.
         """
         X = self._check_X(X, reset=True)
+        y = self._check_y(X, y)
         self._build_modalities(X)
         self.estimator_ = self._make_estimator().fit(X, y)
         return self

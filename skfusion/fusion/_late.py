@@ -14,7 +14,7 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_is_fitted
 
 from ._base import _BaseFusion, _passthrough, _take_y, is_stateless
 
@@ -123,10 +123,7 @@ class _BaseLateFusion(_BaseFusion):
             The fitted estimator.
         """
         X = self._check_X(X, reset=True)
-        y = check_array(y, ensure_2d=False, dtype=None, ensure_all_finite=True, input_name="y")
-        y = column_or_1d(y, warn=True)
-        check_consistent_length(X, y)
-        y = self._prepare_y(y)
+        y = self._prepare_y(self._check_y(X, y))
         self._build_modalities(X)
         overrides = dict(self.modality_estimators or {})
         unknown = set(overrides) - {m.name for m in self._modalities}
@@ -247,7 +244,8 @@ class _BaseLateFusion(_BaseFusion):
         y_pred : ndarray of shape (n_samples,)
             Predicted targets.
         """
-        return self.final_estimator_.predict(self._meta_features(X))
+        meta = self._meta_features(X)
+        return self.final_estimator_.predict(meta)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -431,7 +429,8 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
         y_pred : ndarray of shape (n_samples,)
             Predicted class labels.
         """
-        return self._label_encoder.inverse_transform(super().predict(X))
+        y_pred = super().predict(X)
+        return self._label_encoder.inverse_transform(y_pred)
 
     @available_if(_final_has("predict_proba"))
     def predict_proba(self, X):
@@ -447,7 +446,8 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
         proba : ndarray of shape (n_samples, n_classes)
             Probability of each class, in the order of ``classes_``.
         """
-        return self.final_estimator_.predict_proba(self._meta_features(X))
+        meta = self._meta_features(X)
+        return self.final_estimator_.predict_proba(meta)
 
     @available_if(_final_has("decision_function"))
     def decision_function(self, X):
@@ -463,7 +463,8 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
         scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
             Decision scores.
         """
-        return self.final_estimator_.decision_function(self._meta_features(X))
+        meta = self._meta_features(X)
+        return self.final_estimator_.decision_function(meta)
 
 
 class LateFusionRegressor(RegressorMixin, _BaseLateFusion):
