@@ -7,6 +7,8 @@ imported only by the encoders that use them, when they first need them.
 # SPDX-License-Identifier: BSD-3-Clause
 
 from .fusion import (
+    AttentionFusionClassifier,
+    AttentionFusionRegressor,
     EarlyFusion,
     FusionClassifier,
     FusionRegressor,
@@ -17,6 +19,8 @@ from .fusion import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AttentionFusionClassifier",
+    "AttentionFusionRegressor",
     "EarlyFusion",
     "FusionClassifier",
     "FusionRegressor",
