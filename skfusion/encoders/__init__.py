@@ -6,6 +6,8 @@ sentence-transformers, librosa, onnxruntime) only when it first needs it.
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+from ._array import ArrayEncoder
+from ._audio import AudioEncoder
 from ._text import TextEncoder
 
-__all__ = ["TextEncoder"]
+__all__ = ["ArrayEncoder", "AudioEncoder", "TextEncoder"]

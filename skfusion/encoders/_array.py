@@ -1,0 +1,149 @@
+"""ArrayEncoder: a column of equal-shape arrays (image pixels, embeddings) as a 2-D matrix."""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+from numbers import Number
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import column_values, scatter, split_missing
+
+__all__ = ["ArrayEncoder"]
+
+
+def _as_vector(value):
+    if isinstance(value, (str, bytes, dict)) or isinstance(value, Number):
+        raise TypeError(f"expected an array or a sequence of numbers, got {type(value).__name__}")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a numeric array ({exc})") from None
+    if arr.ndim == 0:
+        raise TypeError("expected an array, got a scalar")
+    return arr
+
+
+class ArrayEncoder(TransformerMixin, BaseEstimator):
+    """Flatten a column of equal-shape numeric arrays into one feature row per item.
+
+    Each row holds one array (for instance an 8x8 image or a precomputed embedding); the output
+    row is the array flattened in C order. The shape is learnt at ``fit``; an array of another
+    shape at ``transform`` is an error. Missing rows (``None``, ``NaN``, an empty array) give a
+    row of NaN, which the fusion estimators treat as a missing modality.
+
+    Parameters
+    ----------
+    on_error : {"raise", "missing"}, default="raise"
+        What a bad item (not numeric, wrong shape, a string...) does: raise an error naming the
+        row and the value, or count as a missing modality.
+
+    Attributes
+    ----------
+    item_shape_ : tuple of int
+        Shape of each array seen at fit.
+
+    n_features_out_ : int
+        Number of output columns (the product of ``item_shape_``).
+
+    See Also
+    --------
+    skfusion.encoders.AudioEncoder : Audio features of a column of clips.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion.encoders import ArrayEncoder
+    >>> column = [np.eye(2), None, np.ones((2, 2))]
+    >>> ArrayEncoder().fit_transform(column)
+    array([[ 1.,  0.,  0.,  1.],
+           [nan, nan, nan, nan],
+           [ 1.,  1.,  1.,  1.]], dtype=float32)
+    """
+
+    _skfusion_stateless = True  # fit records the item shape only
+
+    _parameter_constraints: dict = {"on_error": [StrOptions({"raise", "missing"})]}
+
+    def __init__(self, *, on_error="raise"):
+        self.on_error = on_error
+
+    def _split(self, X, shape=None):
+        values, labels = column_values(X, type(self).__name__)
+
+        def check(value):
+            arr = _as_vector(value)
+            if shape is not None and arr.shape != shape:
+                raise ValueError(f"expected an array of shape {shape}, got shape {arr.shape}")
+            return arr
+
+        present, arrays = split_missing(values, labels, check, self.on_error, type(self).__name__)
+        return len(values), present, arrays
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Record the shape of the arrays (all present items must share it).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            A column of arrays.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : ArrayEncoder
+            The fitted encoder.
+        """
+        _, present, arrays = self._split(X)
+        if not arrays:
+            raise ValueError("ArrayEncoder.fit needs at least one non-missing array.")
+        self.item_shape_ = arrays[0].shape
+        self._split(X, self.item_shape_)  # every item has that shape
+        self.n_features_out_ = int(np.prod(self.item_shape_))
+        return self
+
+    def transform(self, X):
+        """Flatten each array; missing rows give NaN.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            A column of arrays of shape ``item_shape_``.
+
+        Returns
+        -------
+        X_flat : ndarray of shape (n_samples, n_features_out_), dtype float32
+            One flattened array per row.
+        """
+        check_is_fitted(self)
+        n, present, arrays = self._split(X, self.item_shape_)
+        rows = np.stack([a.reshape(-1) for a in arrays]) if arrays else None
+        return scatter(n, present, rows, self.n_features_out_)
+
+    def get_feature_names_out(self, input_features=None):
+        """Output names ``"0"`` ... ``"<n_features_out_ - 1>"`` (flat C-order positions).
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Ignored.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+            One name per output column.
+        """
+        check_is_fitted(self)
+        return np.asarray([str(i) for i in range(self.n_features_out_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.allow_nan = True
+        tags.transformer_tags.preserves_dtype = []
+        return tags
