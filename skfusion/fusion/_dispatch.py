@@ -11,13 +11,14 @@ from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from ._attention import AttentionFusionClassifier, AttentionFusionRegressor
 from ._base import _BaseFusion
 from ._early import EarlyFusion
 from ._late import LateFusionClassifier, LateFusionRegressor
 
 __all__ = ["FusionClassifier", "FusionRegressor"]
 
-FUSION_TYPES = ("early", "late")
+FUSION_TYPES = ("early", "late", "attention")
 
 
 def _fitted_has(attr):
@@ -38,6 +39,8 @@ class _BaseFusionDispatch(_BaseFusion):
         "cv": ["cv_object"],
         "scaling": [StrOptions({"standard", "block"}), None],
         "passthrough": ["boolean"],
+        "attention_params": [dict, None],
+        "random_state": ["random_state"],
         "n_jobs": [None, Integral],
         "verbose": ["verbose"],
     }
@@ -52,6 +55,8 @@ class _BaseFusionDispatch(_BaseFusion):
         cv=None,
         scaling=None,
         passthrough=False,
+        attention_params=None,
+        random_state=None,
         n_jobs=None,
         verbose=0,
     ):
@@ -62,6 +67,8 @@ class _BaseFusionDispatch(_BaseFusion):
         self.cv = cv
         self.scaling = scaling
         self.passthrough = passthrough
+        self.attention_params = attention_params
+        self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
 
@@ -70,6 +77,12 @@ class _BaseFusionDispatch(_BaseFusion):
         if self.fusion == "early":
             fusion = EarlyFusion(self.modalities, scaling=self.scaling, n_jobs=self.n_jobs)
             return Pipeline([("fusion", fusion), ("estimator", clone(est))])
+        if self.fusion == "attention":
+            params = dict(self.attention_params or {})
+            params.setdefault("random_state", self.random_state)
+            params.setdefault("n_jobs", self.n_jobs)
+            params.setdefault("verbose", self.verbose)
+            return self._attention_class(self.modalities, **params)
         return self._late_class(
             self.modalities,
             estimator=est,
@@ -131,7 +144,9 @@ class FusionClassifier(ClassifierMixin, _BaseFusionDispatch):
 
     ``fusion="early"`` builds ``Pipeline([EarlyFusion(modalities), estimator])``;
     ``fusion="late"`` builds :class:`LateFusionClassifier` with ``estimator`` per modality and
-    ``final_estimator`` on top. Because the strategy is a parameter,
+    ``final_estimator`` on top; ``fusion="attention"`` builds
+    :class:`AttentionFusionClassifier` with ``attention_params``. Because the strategy is a
+    parameter,
     ``GridSearchCV(FusionClassifier(...), {"fusion": ["early", "late"]})`` compares them, and
     nested parameters such as ``text__batch_size`` reach the modality transformers.
 
@@ -142,7 +157,7 @@ class FusionClassifier(ClassifierMixin, _BaseFusionDispatch):
     modalities : list of (str, transformer, columns) tuples
         The modality spec, as in :class:`EarlyFusion`.
 
-    fusion : {"early", "late"}, default="early"
+    fusion : {"early", "late", "attention"}, default="early"
         The fusion strategy.
 
     estimator : classifier, default=None
@@ -160,6 +175,13 @@ class FusionClassifier(ClassifierMixin, _BaseFusionDispatch):
 
     passthrough : bool, default=False
         Late fusion's passthrough, see :class:`LateFusionClassifier`.
+
+    attention_params : dict, default=None
+        Keyword arguments of :class:`AttentionFusionClassifier` (``max_iter``, ``d_model``,
+        ...) for ``fusion="attention"``; ignored by the other strategies.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds attention fusion's training (unless ``attention_params`` sets its own).
 
     n_jobs : int, default=None
         Parallel jobs used by the underlying fusion estimator.
@@ -206,6 +228,7 @@ class FusionClassifier(ClassifierMixin, _BaseFusionDispatch):
         return LogisticRegression(max_iter=1000)
 
     _late_class = LateFusionClassifier
+    _attention_class = AttentionFusionClassifier
 
     @property
     def classes_(self):
@@ -260,7 +283,7 @@ class FusionRegressor(RegressorMixin, _BaseFusionDispatch):
     modalities : list of (str, transformer, columns) tuples
         The modality spec, as in :class:`EarlyFusion`.
 
-    fusion : {"early", "late"}, default="early"
+    fusion : {"early", "late", "attention"}, default="early"
         The fusion strategy.
 
     estimator : regressor, default=None
@@ -278,6 +301,12 @@ class FusionRegressor(RegressorMixin, _BaseFusionDispatch):
 
     passthrough : bool, default=False
         Late fusion's passthrough.
+
+    attention_params : dict, default=None
+        Keyword arguments of :class:`AttentionFusionRegressor` for ``fusion="attention"``.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds attention fusion's training (unless ``attention_params`` sets its own).
 
     n_jobs : int, default=None
         Parallel jobs used by the underlying fusion estimator.
@@ -318,3 +347,4 @@ class FusionRegressor(RegressorMixin, _BaseFusionDispatch):
         return RidgeCV()
 
     _late_class = LateFusionRegressor
+    _attention_class = AttentionFusionRegressor
