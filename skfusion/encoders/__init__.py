@@ -8,6 +8,7 @@ sentence-transformers, librosa, onnxruntime) only when it first needs it.
 
 from ._array import ArrayEncoder
 from ._audio import AudioEncoder
+from ._image import ImageEncoder
 from ._text import TextEncoder
 
-__all__ = ["ArrayEncoder", "AudioEncoder", "TextEncoder"]
+__all__ = ["ArrayEncoder", "AudioEncoder", "ImageEncoder", "TextEncoder"]

