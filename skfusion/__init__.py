@@ -6,6 +6,7 @@ imported only by the encoders that use them, when they first need them.
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+from ._config import config_context, get_config, set_config
 from .fusion import (
     AttentionFusionClassifier,
     AttentionFusionRegressor,
@@ -27,4 +28,7 @@ __all__ = [
     "LateFusionClassifier",
     "LateFusionRegressor",
     "__version__",
+    "config_context",
+    "get_config",
+    "set_config",
 ]

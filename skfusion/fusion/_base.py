@@ -29,6 +29,7 @@ from sklearn.utils.validation import (
 )
 
 from .._utils import is_missing_item, missing_mask_1d
+from ..runtime._cache import cached_transform
 
 __all__ = []
 
@@ -362,6 +363,9 @@ def _fit_transform_one(transformer, Xm, y, name):
     """Clone-free helper run in a worker: fit on the present rows and transform them."""
     if isinstance(transformer, str):  # passthrough
         return transformer, _passthrough(Xm, name)
+    if hasattr(transformer, "_skfusion_fingerprint"):  # rows through the embedding cache
+        transformer.fit(Xm, y)
+        return transformer, _as_2d_output(cached_transform(transformer, Xm), name)
     if y is not None:
         Xt = transformer.fit_transform(Xm, y) if hasattr(transformer, "fit_transform") else (
             transformer.fit(Xm, y).transform(Xm)
@@ -378,7 +382,7 @@ def _transform_one(transformer, Xm, name):
         return _passthrough(Xm, name)
     if Xm.shape[0] == 0:
         return None
-    return _as_2d_output(transformer.transform(Xm), name)
+    return _as_2d_output(cached_transform(transformer, Xm), name)
 
 
 def scatter_rows(block, present, n_features=None):

@@ -16,6 +16,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from ..runtime._cache import cached_transform
 from ._base import _BaseFusion, _passthrough, _take_y, is_stateless
 
 __all__ = ["LateFusionClassifier", "LateFusionRegressor"]
@@ -218,7 +219,7 @@ class _BaseLateFusion(_BaseFusion):
             Xm, present = inputs[name]
             presence.append(present)
             if present.any():
-                preds = self._concat_meta(getattr(pipe, method)(Xm), method)
+                preds = self._concat_meta(_predict_modality(pipe, method, Xm, name), method)
             else:
                 preds = np.empty((0, self._fill[j].shape[0]))
             meta_blocks.append(_scatter(preds, present, self._fill[j]))
@@ -275,12 +276,10 @@ def _restrict_splits(splits, present, name):
 
 
 def _fit_transform_features(trans, Xm, y, name):
-    from ._base import _as_2d_output
+    from ._base import _fit_transform_one
 
-    if isinstance(trans, str):
-        return trans, _passthrough(Xm, name)
-    Xt = trans.fit_transform(Xm, y) if hasattr(trans, "fit_transform") else trans.fit(Xm, y).transform(Xm)
-    return trans, _densify(_as_2d_output(Xt, name))
+    trans, Xt = _fit_transform_one(trans, Xm, y, name)  # through the embedding cache
+    return trans, _densify(Xt)
 
 
 def _transform_features(trans, Xm, name):
@@ -288,7 +287,14 @@ def _transform_features(trans, Xm, name):
 
     if isinstance(trans, str):
         return _passthrough(Xm, name)
-    return _densify(_as_2d_output(trans.transform(Xm), name))
+    return _densify(_as_2d_output(cached_transform(trans, Xm), name))
+
+
+def _predict_modality(pipe, method, Xm, name):
+    """``getattr(pipe, method)(Xm)``, with the transformer's rows through the embedding cache."""
+    if len(pipe) == 2 and hasattr(pipe[0], "_skfusion_fingerprint"):
+        return getattr(pipe[-1], method)(_transform_features(pipe[0], Xm, name))
+    return getattr(pipe, method)(Xm)
 
 
 def _densify(Xt):

@@ -31,19 +31,55 @@ Model store
     a ``RuntimeWarning``. Put a content hash of the source and every export setting in ``key``.
 ``content_hash(*parts) -> str``
     SHA-256 of bytes / str / file (``pathlib.Path``) parts, for building keys.
+
+Pooling
+-------
+``pool_sequence(values, mask, mode="mean")``
+    (n, T, d) → (n, d) over the unmasked positions; modes ``"mean"``, ``"cls"``, ``"max"``,
+    ``"mean_sqrt_len"``. ``l2_normalize(rows)`` scales rows to unit norm.
+
+Export (private, ``skfusion.runtime._export``)
+----------------------------------------------
+Reading a sentence-transformers folder, its content hash, the torch → ONNX export of its
+transformer (output ``token_embeddings``) and dynamic int8 quantisation; used by
+:class:`skfusion.encoders.TextEncoder`.
+
+Embedding cache
+---------------
+``cached_transform(transformer, X)`` / ``cached_encode(encoder, items, encode)``
+    Rows keyed by the encoder's ``_skfusion_fingerprint()`` (see ``estimator_fingerprint``) and
+    a content hash of each raw item; in-memory LRU layer plus optional on-disk layer
+    (``skfusion.set_config(cache_dir=...)``). ``cache_info()``, ``cache_clear(disk=False)``.
 """
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+from ._cache import (
+    CacheInfo,
+    cache_clear,
+    cache_info,
+    cached_encode,
+    cached_transform,
+    estimator_fingerprint,
+)
+from ._pooling import l2_normalize, pool_sequence
 from ._session import LazySession, default_intra_op_threads, make_session, resolve_providers
 from ._store import content_hash, model_store_dir, store_get_or_create, store_path
 
 __all__ = [
+    "CacheInfo",
     "LazySession",
+    "cache_clear",
+    "cache_info",
+    "cached_encode",
+    "cached_transform",
     "content_hash",
     "default_intra_op_threads",
+    "l2_normalize",
+    "estimator_fingerprint",
     "make_session",
     "model_store_dir",
+    "pool_sequence",
     "resolve_providers",
     "store_get_or_create",
     "store_path",

@@ -1,0 +1,257 @@
+"""Global configuration of skfusion: the embedding cache.
+
+The configuration is process-wide (every thread sees it, so dask or threading workers in the
+same process share it) and is mirrored into environment variables, so that worker processes
+started afterwards (joblib/loky, multiprocessing, dask nanny processes) inherit it:
+
+========================  ============================  ======================================
+key                       environment variable          meaning
+========================  ============================  ======================================
+``cache``                 ``SKFUSION_CACHE``            ``"0"``/``"false"``/``"off"`` turns the
+                                                        embedding cache off
+``cache_dir``             ``SKFUSION_CACHE_DIR``        folder of the on-disk layer (unset: no
+                                                        disk layer)
+``cache_max_bytes``       ``SKFUSION_CACHE_MAX_BYTES``  memory budget of the in-memory layer
+                                                        (``"512MB"``, ``"2G"`` or bytes)
+========================  ============================  ======================================
+
+Precedence: :func:`set_config` / :func:`config_context` in this process, then the environment,
+then the defaults.
+"""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+import os
+import re
+import threading
+from contextlib import contextmanager
+
+__all__ = ["config_context", "get_config", "set_config"]
+
+_DEFAULTS = {
+    "cache": True,
+    "cache_dir": None,
+    "cache_max_bytes": 512 * 2**20,
+}
+
+_ENV = {
+    "cache": "SKFUSION_CACHE",
+    "cache_dir": "SKFUSION_CACHE_DIR",
+    "cache_max_bytes": "SKFUSION_CACHE_MAX_BYTES",
+}
+
+_explicit = {}  # values set in this process with set_config / config_context
+_lock = threading.RLock()
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
+          "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30}
+
+
+def _parse_bool(text):
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"SKFUSION_CACHE must be 0/1/true/false/on/off; got {text!r}.")
+
+
+def _parse_bytes(text):
+    if isinstance(text, bool):
+        raise ValueError(f"cache_max_bytes must be a number of bytes; got {text!r}.")
+    if isinstance(text, (int, float)):
+        value = int(text)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+        if not match or match.group(2).lower() not in _UNITS:
+            raise ValueError(
+                f"cache_max_bytes must be a number of bytes or a size like '512MB' or '2G'; "
+                f"got {text!r}."
+            )
+        value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value < 0:
+        raise ValueError(f"cache_max_bytes must be >= 0; got {text!r}.")
+    return value
+
+
+_PARSE = {
+    "cache": _parse_bool,
+    "cache_dir": lambda text: text or None,
+    "cache_max_bytes": _parse_bytes,
+}
+
+
+def _check(key, value):
+    """Validate a value given to set_config and return it normalised."""
+    if value is None:
+        if key == "cache":
+            raise ValueError("cache must be True or False, not None.")
+        if key == "cache_max_bytes":
+            raise ValueError("cache_max_bytes must be a number of bytes, not None.")
+        return None
+    if key == "cache":
+        if not isinstance(value, bool):
+            raise TypeError(f"cache must be True or False; got {value!r}.")
+        return value
+    if key == "cache_dir":
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"cache_dir must be a str, a path or None; got {value!r}.")
+        return os.path.abspath(os.path.expanduser(os.fspath(value)))
+    return _parse_bytes(value)
+
+
+def _to_env(key, value):
+    if value is None:
+        return None
+    if key == "cache":
+        return "1" if value else "0"
+    return str(value)
+
+
+def get_config():
+    """The current skfusion configuration.
+
+    Returns
+    -------
+    config : dict
+        ``cache`` (bool), ``cache_dir`` (str or None) and ``cache_max_bytes`` (int),
+        resolved from :func:`set_config`, the environment and the defaults, in that order.
+
+    See Also
+    --------
+    set_config : Change the configuration.
+    config_context : Change it temporarily.
+
+    Examples
+    --------
+    >>> import skfusion
+    >>> sorted(skfusion.get_config())
+    ['cache', 'cache_dir', 'cache_max_bytes']
+    """
+    with _lock:
+        explicit = dict(_explicit)
+    config = {}
+    for key, default in _DEFAULTS.items():
+        if key in explicit:
+            config[key] = explicit[key]
+            continue
+        text = os.environ.get(_ENV[key])
+        config[key] = default if text is None else _PARSE[key](text)
+    return config
+
+
+_PARAMETERS = """\
+    cache : bool, default=None
+        Turn the embedding cache on or off.
+
+    cache_dir : str or path-like, default=None
+        Folder of the on-disk cache layer, shared by processes. Pass ``""`` to turn the disk
+        layer off.
+
+    cache_max_bytes : int or str, default=None
+        Memory budget of the in-memory layer (least recently used rows are evicted), e.g.
+        ``2**30`` or ``"1GB"``.
+"""
+
+
+def set_config(cache=None, cache_dir=None, cache_max_bytes=None, **unset):
+    """Change skfusion's configuration for this process and the processes it starts.
+
+    Arguments left at ``None`` are not changed. Each value is also written to its environment
+    variable, so worker processes started afterwards (joblib's loky workers, dask nannies,
+    ``subprocess``) use the same settings. joblib reuses its loky workers between calls: set
+    the configuration before the first parallel call of a session (or export the environment
+    variables before starting Python) for the workers to see it.
+
+    Read more in the :ref:`User Guide <embedding_cache>`.
+
+    Parameters
+    ----------
+{parameters}
+    **unset : dict
+        Unknown keys raise a ``TypeError``.
+
+    See Also
+    --------
+    get_config : The current configuration.
+    config_context : A temporary change.
+
+    Examples
+    --------
+    >>> import skfusion
+    >>> skfusion.set_config(cache_max_bytes="64MB")
+    >>> skfusion.get_config()["cache_max_bytes"]
+    67108864
+    >>> skfusion.set_config(cache_max_bytes=512 * 2**20)
+    """
+    if unset:
+        raise TypeError(
+            f"set_config got unknown keys {sorted(unset)!r}; known keys are {sorted(_DEFAULTS)!r}."
+        )
+    changes = {}
+    if cache is not None:
+        changes["cache"] = _check("cache", cache)
+    if cache_dir is not None:
+        changes["cache_dir"] = None if cache_dir == "" else _check("cache_dir", cache_dir)
+    if cache_max_bytes is not None:
+        changes["cache_max_bytes"] = _check("cache_max_bytes", cache_max_bytes)
+    _apply(changes)
+
+
+def _apply(changes):
+    with _lock:
+        for key, value in changes.items():
+            _explicit[key] = value
+            text = _to_env(key, value)
+            if text is None:
+                os.environ.pop(_ENV[key], None)
+            else:
+                os.environ[_ENV[key]] = text
+
+
+@contextmanager
+def config_context(*, cache=None, cache_dir=None, cache_max_bytes=None):
+    """Change skfusion's configuration inside a ``with`` block, then restore it.
+
+    The change is process-wide while the block runs (threads and worker processes started
+    inside it see it), as with :func:`set_config`.
+
+    Read more in the :ref:`User Guide <embedding_cache>`.
+
+    Parameters
+    ----------
+{parameters}
+    Yields
+    ------
+    None
+
+    See Also
+    --------
+    set_config : A lasting change.
+
+    Examples
+    --------
+    >>> import skfusion
+    >>> with skfusion.config_context(cache=False):
+    ...     skfusion.get_config()["cache"]
+    False
+    """
+    with _lock:
+        saved_explicit = dict(_explicit)
+        saved_env = {key: os.environ.get(var) for key, var in _ENV.items()}
+    set_config(cache=cache, cache_dir=cache_dir, cache_max_bytes=cache_max_bytes)
+    try:
+        yield
+    finally:
+        with _lock:
+            _explicit.clear()
+            _explicit.update(saved_explicit)
+            for key, var in _ENV.items():
+                if saved_env[key] is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = saved_env[key]
+
+
+set_config.__doc__ = set_config.__doc__.format(parameters=_PARAMETERS)
+config_context.__doc__ = config_context.__doc__.format(parameters=_PARAMETERS)

@@ -1,0 +1,714 @@
+"""Content-addressed embedding cache: encode each raw item once per encoder configuration.
+
+A row of an encoder's output is identified by two things: the encoder's *fingerprint* (its
+class, the parameters that change its output and a content hash of its model, returned by the
+encoder's ``_skfusion_fingerprint()``) and a *content hash of the raw item* (the text's bytes,
+a file's bytes when the items are paths, an array's dtype, shape and bytes, raw bytes). The
+cache maps that pair to the output row, so that cross-validation folds, grid-search candidates,
+``clone``-d encoders and refits reuse the rows computed once, and any change of parameter or
+model (a different fingerprint) never returns stale rows.
+
+Two layers:
+
+* an in-memory layer per process, bounded by ``cache_max_bytes`` (least recently used rows are
+  evicted);
+* an optional on-disk layer (``cache_dir``), shared by every process that uses the same folder
+  (joblib's loky workers, dask workers, several notebooks). Each row is one small ``.npy`` file
+  written to a temporary name and renamed into place (:func:`os.replace`), so a reader sees a
+  complete row or none. While one process computes the missing rows of an encoder, it holds a
+  lock on that encoder's folder: another process asking for the same rows waits and then reads
+  them, so each item is encoded once even by concurrent workers.
+
+Configure it with :func:`skfusion.set_config` (``cache``, ``cache_dir``, ``cache_max_bytes``)
+or the environment (``SKFUSION_CACHE=0``, ``SKFUSION_CACHE_DIR``, ``SKFUSION_CACHE_MAX_BYTES``);
+inspect it with :func:`cache_info`; empty it with :func:`cache_clear`.
+"""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+import hashlib
+import numbers
+import os
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections import OrderedDict, namedtuple
+from contextlib import contextmanager
+
+import numpy as np
+
+from .._config import get_config
+from .._utils import is_missing_item
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+    import msvcrt
+
+__all__ = [
+    "CacheInfo",
+    "cache_clear",
+    "cache_info",
+    "cached_encode",
+    "cached_transform",
+    "estimator_fingerprint",
+]
+
+_LAYOUT = "embeddings-v1"  # bump when the key or file format changes
+_CHUNK = 2048  # items computed per call, so progress shows and an interrupt keeps the done part
+_DIGEST = 20
+
+CacheInfo = namedtuple(
+    "CacheInfo",
+    [
+        "hits",
+        "misses",
+        "memory_hits",
+        "disk_hits",
+        "rows",
+        "bytes",
+        "max_bytes",
+        "cache_dir",
+        "enabled",
+    ],
+)
+CacheInfo.__doc__ = """Statistics of the embedding cache in this process (see :func:`cache_info`).
+
+``hits`` = ``memory_hits + disk_hits`` rows served from the cache; ``misses`` rows computed by
+an encoder; ``rows``/``bytes`` the size of the in-memory layer and ``max_bytes`` its budget;
+``cache_dir`` the on-disk layer (None when off); ``enabled`` whether the cache is on.
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# content hashes
+# --------------------------------------------------------------------------------------------
+_file_digests = {}
+_file_lock = threading.Lock()
+
+
+def _stat_signature(path):
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _file_digest(path):
+    """blake2b of a file's bytes, memoised by (path, size, mtime, inode)."""
+    path = os.path.abspath(path)
+    signature = _stat_signature(path)
+    with _file_lock:
+        known = _file_digests.get(path)
+    if known is not None and known[0] == signature:
+        return known[1]
+    h = hashlib.blake2b(digest_size=_DIGEST)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    digest = h.digest()
+    with _file_lock:
+        _file_digests[path] = (signature, digest)
+    return digest
+
+
+def _tree_hash(path):
+    """Hash of a file's bytes, or of every file under a folder (relative names included).
+
+    Memoised per file by size, modification time and inode, so fingerprinting a model folder
+    costs one read per process.
+    """
+    path = os.fspath(path)
+    h = hashlib.blake2b(digest_size=_DIGEST)
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                h.update(os.path.relpath(full, path).replace(os.sep, "/").encode())
+                h.update(b"\0")
+                h.update(_file_digest(full))
+    else:
+        h.update(_file_digest(path))
+    return h.hexdigest()
+
+
+def estimator_fingerprint(estimator, *, ignore=(), model=None, extra=None):
+    """A fingerprint of an encoder's output: class, output-affecting parameters, model content.
+
+    Encoders implement ``_skfusion_fingerprint()`` with it, which switches the embedding cache
+    on for them. Two encoders with the same fingerprint must give the same output row for the
+    same item.
+
+    Parameters
+    ----------
+    estimator : estimator
+        The encoder.
+    ignore : iterable of str, default=()
+        Parameters that do not change the output (``batch_size``, ``verbose``, ``on_error``,
+        the model's path when ``model`` gives its content...).
+    model : str, path-like, bytes or None, default=None
+        The model: a file or folder is hashed by content (memoised by file size and time),
+        bytes (e.g. ONNX bytes) are hashed, anything else is used through its ``repr``.
+    extra : object, default=None
+        Anything else that identifies the output (e.g. a library version), by ``repr``.
+
+    Returns
+    -------
+    fingerprint : str
+        A hexadecimal digest.
+
+    Examples
+    --------
+    >>> from sklearn.preprocessing import Normalizer
+    >>> from skfusion.runtime import estimator_fingerprint
+    >>> estimator_fingerprint(Normalizer()) == estimator_fingerprint(Normalizer())
+    True
+    >>> estimator_fingerprint(Normalizer()) == estimator_fingerprint(Normalizer(norm="l1"))
+    False
+    """
+    ignore = set(ignore)
+    h = hashlib.blake2b(digest_size=_DIGEST)
+    cls = type(estimator)
+    h.update(f"{cls.__module__}.{cls.__qualname__}\0".encode())
+    params = estimator.get_params(deep=False) if hasattr(estimator, "get_params") else {}
+    for key in sorted(params):
+        if key not in ignore:
+            h.update(f"{key}={params[key]!r}\0".encode())
+    if model is not None:
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            h.update(b"model-bytes:" + hashlib.blake2b(bytes(model), digest_size=_DIGEST).digest())
+        elif isinstance(model, (str, os.PathLike)) and os.path.exists(os.fspath(model)):
+            h.update(b"model-content:" + _tree_hash(model).encode())
+        else:
+            h.update(f"model:{model!r}".encode())
+    if extra is not None:
+        h.update(f"\0extra:{extra!r}".encode())
+    return h.hexdigest()
+
+
+def _item_key(fingerprint, item, paths):
+    """Digest of (fingerprint, item), or None when the item cannot be hashed safely."""
+    h = hashlib.blake2b(fingerprint.encode(), digest_size=_DIGEST)
+    if isinstance(item, str):
+        if paths:
+            if not os.path.isfile(item):
+                return None  # missing file: the result may change once it exists
+            h.update(b"file\0" + _file_digest(item))
+        else:
+            h.update(b"str\0" + item.encode("utf-8", "surrogatepass"))
+    elif isinstance(item, os.PathLike):
+        path = os.fspath(item)
+        if not isinstance(path, str) or not os.path.isfile(path):
+            return None
+        h.update(b"file\0" + _file_digest(path))
+    elif isinstance(item, (bytes, bytearray, memoryview)):
+        h.update(b"bytes\0")
+        h.update(item)
+    elif isinstance(item, (bool, np.bool_, numbers.Number)):
+        h.update(f"num\0{type(item).__name__}:{item!r}".encode())
+    elif hasattr(item, "tobytes") and hasattr(item, "mode") and hasattr(item, "size"):
+        h.update(f"image\0{item.mode}:{item.size}\0".encode())  # a PIL image
+        h.update(item.tobytes())
+    else:
+        if not isinstance(item, np.ndarray):
+            if not isinstance(item, (list, tuple)) and not hasattr(item, "__array__"):
+                return None
+            try:
+                item = np.asarray(item)
+            except (TypeError, ValueError):
+                return None
+        if item.dtype.hasobject:
+            return None
+        item = np.ascontiguousarray(item)
+        h.update(f"array\0{item.dtype.str}:{item.shape}\0".encode())
+        h.update(item.data)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# the two layers
+# --------------------------------------------------------------------------------------------
+class _MemoryLayer:
+    """Rows by key, least recently used first, within a bytes budget."""
+
+    def __init__(self):
+        self._rows = OrderedDict()
+        self.nbytes = 0
+        self._lock = threading.Lock()
+
+    def get_many(self, keys):
+        found = {}
+        with self._lock:
+            for key in keys:
+                row = self._rows.get(key)
+                if row is not None:
+                    self._rows.move_to_end(key)
+                    found[key] = row
+        return found
+
+    def put_many(self, pairs, max_bytes):
+        with self._lock:
+            for key, row in pairs:
+                if row.nbytes > max_bytes:
+                    continue
+                old = self._rows.pop(key, None)
+                if old is not None:
+                    self.nbytes -= old.nbytes
+                self._rows[key] = row
+                self.nbytes += row.nbytes
+            self._evict(max_bytes)
+
+    def _evict(self, max_bytes):
+        while self.nbytes > max_bytes and self._rows:
+            _, row = self._rows.popitem(last=False)
+            self.nbytes -= row.nbytes
+
+    def clear(self):
+        with self._lock:
+            self._rows.clear()
+            self.nbytes = 0
+
+    def __len__(self):
+        return len(self._rows)
+
+
+class _DiskLayer:
+    """One ``.npy`` file per row under ``<cache_dir>/embeddings-v1/<fingerprint>/``."""
+
+    def __init__(self, cache_dir, fingerprint):
+        self.folder = os.path.join(cache_dir, _LAYOUT, fingerprint[:32])
+
+    def _path(self, key):
+        return os.path.join(self.folder, key[:2], key + ".npy")
+
+    def get_many(self, keys):
+        found = {}
+        for key in keys:
+            path = self._path(key)
+            try:
+                with open(path, "rb") as f:
+                    row = np.load(f, allow_pickle=False)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, EOFError):
+                # unreadable (e.g. a disk filled up mid-copy by another tool): recompute it
+                _remove_quietly(path)
+                continue
+            found[key] = row
+        return found
+
+    def put_many(self, pairs):
+        for key, row in pairs:
+            path = self._path(key)
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    np.save(f, row, allow_pickle=False)
+                os.replace(tmp, path)  # atomic: readers see the old file, the new one, or none
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
+
+    @contextmanager
+    def lock(self):
+        """Exclusive lock on this fingerprint's folder across processes."""
+        os.makedirs(self.folder, exist_ok=True)
+        fd = os.open(os.path.join(self.folder, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:  # pragma: no cover - Windows
+                while True:
+                    try:
+                        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                        break
+                    except OSError:
+                        continue
+            yield
+        finally:
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                else:  # pragma: no cover - Windows
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+            finally:
+                os.close(fd)
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+_memory = _MemoryLayer()
+_stats_lock = threading.Lock()
+_stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0}
+_thread_locks = {}
+_guard = threading.local()  # set while a cached call computes rows: nested calls pass through
+
+
+def _count(**deltas):
+    with _stats_lock:
+        for key, value in deltas.items():
+            _stats[key] += value
+
+
+def _thread_lock(fingerprint):
+    with _stats_lock:
+        lock = _thread_locks.get(fingerprint)
+        if lock is None:
+            lock = _thread_locks[fingerprint] = threading.Lock()
+    return lock
+
+
+def cache_info():
+    """Hit/miss statistics and size of the embedding cache in this process.
+
+    The in-memory layer and these counters belong to the process: joblib's process workers
+    keep their own (the on-disk layer, when set, is what they share).
+
+    Returns
+    -------
+    info : CacheInfo
+        A named tuple ``(hits, misses, memory_hits, disk_hits, rows, bytes, max_bytes,
+        cache_dir, enabled)``.
+
+    See Also
+    --------
+    cache_clear : Empty the cache and reset the counters.
+
+    Examples
+    --------
+    >>> from skfusion.runtime import cache_info
+    >>> info = cache_info()
+    >>> info.hits == info.memory_hits + info.disk_hits
+    True
+    """
+    config = get_config()
+    with _stats_lock:
+        stats = dict(_stats)
+    return CacheInfo(
+        hits=stats["memory_hits"] + stats["disk_hits"],
+        misses=stats["misses"],
+        memory_hits=stats["memory_hits"],
+        disk_hits=stats["disk_hits"],
+        rows=len(_memory),
+        bytes=_memory.nbytes,
+        max_bytes=config["cache_max_bytes"],
+        cache_dir=config["cache_dir"],
+        enabled=config["cache"],
+    )
+
+
+def cache_clear(*, disk=False):
+    """Empty the in-memory layer and reset the counters; optionally delete the on-disk rows.
+
+    Parameters
+    ----------
+    disk : bool, default=False
+        Also delete the rows stored under the configured ``cache_dir``.
+
+    Returns
+    -------
+    None
+
+    Examples
+    --------
+    >>> from skfusion.runtime import cache_clear, cache_info
+    >>> cache_clear()
+    >>> cache_info().rows
+    0
+    """
+    _memory.clear()
+    with _stats_lock:
+        for key in _stats:
+            _stats[key] = 0
+    cache_dir = get_config()["cache_dir"]
+    if disk and cache_dir:
+        shutil.rmtree(os.path.join(cache_dir, _LAYOUT), ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the lookup / compute / store loop
+# --------------------------------------------------------------------------------------------
+def _fingerprint_of(transformer):
+    method = getattr(transformer, "_skfusion_fingerprint", None)
+    if method is None:
+        return None
+    fingerprint = method()
+    return None if fingerprint is None else str(fingerprint)
+
+
+def _active_fingerprint(transformer):
+    """The fingerprint when caching applies here, else None."""
+    if getattr(_guard, "active", False):
+        return None
+    config = get_config()
+    if not config["cache"]:
+        return None
+    return _fingerprint_of(transformer)
+
+
+@contextmanager
+def _computing():
+    previous = getattr(_guard, "active", False)
+    _guard.active = True
+    try:
+        yield
+    finally:
+        _guard.active = previous
+
+
+class _NotCacheable(Exception):
+    """The transformer's output cannot be split into cached rows (sparse, 1-D...)."""
+
+
+def _run(fingerprint, keys, compute, name, verbose):
+    """Rows for ``keys`` (None: never cached) from the cache or ``compute(positions)``.
+
+    ``compute`` takes a list of positions and returns a 2-D array with one row per position.
+    """
+    n = len(keys)
+    config = get_config()
+    max_bytes = config["cache_max_bytes"]
+    disk = _DiskLayer(config["cache_dir"], fingerprint) if config["cache_dir"] else None
+    first = {}  # key -> first position with it (duplicates are computed once)
+    for i, key in enumerate(keys):
+        if key is not None and key not in first:
+            first[key] = i
+    uncached = [i for i, key in enumerate(keys) if key is None]
+
+    with _thread_lock(fingerprint), (disk.lock() if disk is not None else _nullcontext()):
+        found = _memory.get_many(first)
+        memory_hits = len(found)
+        disk_hits = 0
+        if disk is not None and len(found) < len(first):
+            from_disk = disk.get_many([k for k in first if k not in found])
+            disk_hits = len(from_disk)
+            _memory.put_many(from_disk.items(), max_bytes)
+            found.update(from_disk)
+        todo = sorted([first[k] for k in first if k not in found] + uncached)
+        _count(memory_hits=memory_hits, disk_hits=disk_hits, misses=len(todo))
+        computed = {}
+        if todo:
+            if verbose:
+                print(
+                    f"[skfusion cache] {name}: {n} rows, {len(first) - len(todo) + len(uncached)}"
+                    f" from the cache, computing {len(todo)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            start = time.perf_counter()
+            for lo in range(0, len(todo), _CHUNK):
+                positions = todo[lo : lo + _CHUNK]
+                with _computing():
+                    block = compute(positions)
+                block = _as_rows(block, len(positions))
+                pairs = []
+                for pos, row in zip(positions, block):
+                    computed[pos] = row
+                    if keys[pos] is not None:
+                        pairs.append((keys[pos], np.array(row, copy=True)))
+                _memory.put_many(pairs, max_bytes)
+                if disk is not None:
+                    disk.put_many(pairs)
+                if verbose and len(todo) > _CHUNK:
+                    done = min(lo + _CHUNK, len(todo))
+                    print(
+                        f"[skfusion cache] {name}: {done}/{len(todo)} computed "
+                        f"({time.perf_counter() - start:.1f}s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+    sample = next(iter(computed.values()), None)
+    if sample is None:
+        sample = next(iter(found.values()))
+    dtype = np.result_type(*{r.dtype for r in computed.values()}, *{r.dtype for r in found.values()})
+    out = np.empty((n,) + sample.shape, dtype=dtype)
+    for i, key in enumerate(keys):
+        row = computed.get(i)
+        if row is None:
+            row = found.get(key) if key is not None else None
+            if row is None:  # a duplicate of a computed item
+                row = computed[first[key]]
+        out[i] = row
+    return out
+
+
+@contextmanager
+def _nullcontext():
+    yield
+
+
+def _as_rows(block, n):
+    if hasattr(block, "toarray") or hasattr(block, "tocsr"):
+        raise _NotCacheable
+    block = np.asarray(block)
+    if block.ndim < 2 or block.shape[0] != n or block.dtype.hasobject:
+        raise _NotCacheable
+    return block
+
+
+def cached_encode(encoder, items, encode):
+    """Encode validated items through the embedding cache (for use inside an encoder).
+
+    An encoder calls this from its ``transform`` on the items left after its missing/bad-item
+    handling: ``rows = cached_encode(self, texts, self._encode)``. Items whose rows are cached
+    under ``encoder._skfusion_fingerprint()`` are not passed to ``encode``; the others are, once
+    each (duplicates in ``items`` are encoded once), in chunks, and stored. Without a
+    fingerprint, with the cache off, or when called while a cached call of the same thread is
+    computing (e.g. under a fusion estimator's :func:`cached_transform`), it is plain
+    ``encode(items)``.
+
+    Items are hashed by content: ``str`` by their UTF-8 bytes (or, when the encoder sets
+    ``_skfusion_items_are_paths = True``, by the bytes of the file they name), ``bytes`` as
+    they are, arrays by dtype, shape and bytes, PIL images by mode, size and pixels. Other items
+    are encoded every time.
+
+    Parameters
+    ----------
+    encoder : estimator
+        The encoder, offering ``_skfusion_fingerprint()`` to enable caching.
+    items : list
+        The items to encode.
+    encode : callable
+        ``encode(list_of_items) -> ndarray of shape (len(list_of_items), ...)``.
+
+    Returns
+    -------
+    rows : ndarray of shape (len(items), ...)
+        One row per item, in order.
+
+    See Also
+    --------
+    cached_transform : The same for any transformer's ``transform`` on a 1-D column.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.base import BaseEstimator
+    >>> from skfusion.runtime import cached_encode, estimator_fingerprint
+    >>> class Lengths(BaseEstimator):
+    ...     def _skfusion_fingerprint(self):
+    ...         return estimator_fingerprint(self)
+    ...     def encode(self, texts):
+    ...         print("encoding", texts)
+    ...         return np.array([[len(t)] for t in texts], dtype=np.float32)
+    >>> enc = Lengths()
+    >>> cached_encode(enc, ["ab", "abc", "ab"], enc.encode).ravel()
+    encoding ['ab', 'abc']
+    array([2., 3., 2.], dtype=float32)
+    >>> cached_encode(enc, ["abc", "ab"], enc.encode).ravel()
+    array([3., 2.], dtype=float32)
+    """
+    items = list(items)
+    fingerprint = _active_fingerprint(encoder) if items else None
+    if fingerprint is None:
+        return encode(items)
+    paths = bool(getattr(encoder, "_skfusion_items_are_paths", False))
+    keys = [None if is_missing_item(item) else _item_key(fingerprint, item, paths) for item in items]
+    if all(key is None for key in keys):
+        return encode(items)
+
+    def compute(positions):
+        return encode([items[i] for i in positions])
+
+    try:
+        return _run(fingerprint, keys, compute, type(encoder).__name__,
+                    getattr(encoder, "verbose", 0))
+    except _NotCacheable:
+        return encode(items)
+
+
+def _column_items(X):
+    """The items of a 1-D column input, or None for 2-D inputs."""
+    if hasattr(X, "iloc") and getattr(X, "ndim", 1) == 1:  # Series
+        return X.tolist()
+    if isinstance(X, np.ndarray) and X.ndim == 1:
+        return list(X)
+    if isinstance(X, (list, tuple)):
+        return list(X)
+    return None
+
+
+def _take(X, positions):
+    if hasattr(X, "iloc"):
+        return X.iloc[positions]  # keeps the index labels that error messages name
+    if isinstance(X, np.ndarray):
+        return X[positions]
+    return [X[i] for i in positions]
+
+
+def cached_transform(transformer, X):
+    """``transformer.transform(X)`` for a 1-D column of raw items, through the embedding cache.
+
+    Used by the fusion estimators for every modality transformer. When the transformer offers
+    ``_skfusion_fingerprint()`` and the cache is on, the rows of items seen before (by content,
+    as in :func:`cached_encode`) come from the cache, ``transformer.transform`` runs only on the
+    others (with the same input type, index labels kept) and its rows are stored. Otherwise,
+    and for 2-D inputs or outputs that are not dense 2-D arrays, it is
+    ``transformer.transform(X)``.
+
+    Parameters
+    ----------
+    transformer : transformer
+        A fitted transformer.
+    X : array-like of shape (n_samples,) or (n_samples, n_features)
+        Its input.
+
+    Returns
+    -------
+    Xt : ndarray of shape (n_samples, n_features_out) or the transformer's own output
+        The transformed rows.
+
+    See Also
+    --------
+    cached_encode : The same inside an encoder, on validated items.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.base import BaseEstimator, TransformerMixin
+    >>> from skfusion.runtime import cached_transform, estimator_fingerprint
+    >>> class Words(TransformerMixin, BaseEstimator):
+    ...     def _skfusion_fingerprint(self):
+    ...         return estimator_fingerprint(self)
+    ...     def fit(self, X, y=None):
+    ...         return self
+    ...     def transform(self, X):
+    ...         print("transforming", list(X))
+    ...         return np.array([[len(t.split())] for t in X], dtype=np.float32)
+    >>> words = Words().fit(None)
+    >>> cached_transform(words, np.array(["a b", "c"], dtype=object)).ravel()
+    transforming ['a b', 'c']
+    array([2., 1.], dtype=float32)
+    >>> cached_transform(words, np.array(["c", "d e f"], dtype=object)).ravel()
+    transforming ['d e f']
+    array([1., 3.], dtype=float32)
+    """
+    fingerprint = _active_fingerprint(transformer)
+    items = _column_items(X) if fingerprint is not None else None
+    if not items:
+        return transformer.transform(X)
+    paths = bool(getattr(transformer, "_skfusion_items_are_paths", False))
+    keys = [None if is_missing_item(item) else _item_key(fingerprint, item, paths) for item in items]
+    if all(key is None for key in keys):
+        return transformer.transform(X)
+
+    def compute(positions):
+        out = transformer.transform(_take(X, positions))
+        return out.to_numpy() if hasattr(out, "to_numpy") else out
+
+    try:
+        return _run(fingerprint, keys, compute, type(transformer).__name__,
+                    getattr(transformer, "verbose", 0))
+    except _NotCacheable:
+        return transformer.transform(X)
