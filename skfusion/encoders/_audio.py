@@ -16,6 +16,7 @@ from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
 
 from .._utils import import_optional_dependency
+from ..runtime import estimator_fingerprint
 from ._base import EncodingError, _short, column_values, row_name, scatter, split_missing
 
 __all__ = ["AudioEncoder"]
@@ -688,19 +689,15 @@ class AudioEncoder(TransformerMixin, BaseEstimator):
         return np.asarray(self._pooled_names(), dtype=object)
 
     def _skfusion_fingerprint(self):
-        """A string identifying this encoder's output for the embedding cache."""
+        """A digest identifying this encoder's output, for the embedding cache."""
         try:
             version = metadata.version("librosa")
         except metadata.PackageNotFoundError:  # pragma: no cover
             version = "unknown"
-        keys = (
-            "features", "stats", "sr", "input_sr", "duration", "duration_policy", "n_mfcc",
-            "mfcc_deltas", "n_mels", "n_fft", "hop_length", "res_type",
-        )  # fmt: skip
-        values = {k: getattr(self, k) for k in keys}
-        values["features"], values["stats"] = tuple(self.features), tuple(self.stats)
-        params = ",".join(f"{k}={v!r}" for k, v in values.items())
-        return f"skfusion.AudioEncoder/v1(librosa={version},{params})"
+        extra = ("v1", f"librosa={version}", tuple(self.features), tuple(self.stats))
+        return estimator_fingerprint(
+            self, ignore=("features", "stats", "batch_size", "n_jobs", "on_error"), extra=extra
+        )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
