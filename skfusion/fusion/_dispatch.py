@@ -200,7 +200,7 @@ class FusionClassifier(ClassifierMixin, _BaseFusionDispatch):
     n_features_in_ : int
         Number of columns in ``X`` during fit.
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names of ``X`` during fit, when it is a DataFrame.
 
     See Also
@@ -322,7 +322,7 @@ class FusionRegressor(RegressorMixin, _BaseFusionDispatch):
     n_features_in_ : int
         Number of columns in ``X`` during fit.
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names of ``X`` during fit, when it is a DataFrame.
 
     See Also

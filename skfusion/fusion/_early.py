@@ -75,7 +75,7 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
     n_features_in_ : int
         Number of columns in ``X`` during fit.
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names of ``X`` during fit, when it is a DataFrame.
 
     See Also

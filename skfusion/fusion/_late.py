@@ -377,7 +377,7 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
     n_features_in_ : int
         Number of columns in ``X`` during fit.
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names of ``X`` during fit, when it is a DataFrame.
 
     See Also
@@ -528,7 +528,7 @@ class LateFusionRegressor(RegressorMixin, _BaseLateFusion):
     n_features_in_ : int
         Number of columns in ``X`` during fit.
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names of ``X`` during fit, when it is a DataFrame.
 
     See Also
