@@ -61,8 +61,8 @@ def load_spoken_digits(*, return_X_y=False):
     (3000, 5)
     >>> fsdd.split.value_counts().to_dict()
     {'train': 2700, 'test': 300}
-    >>> fsdd.frame.loc[0, ["digit", "speaker", "take", "split"]].tolist()
-    [0, 'george', 0, 'test']
+    >>> fsdd.frame.loc[0, ["digit", "speaker", "take", "split"]].astype(str).tolist()
+    ['0', 'george', '0', 'test']
     """
     folder = _fsdd_dir()
     rows = []

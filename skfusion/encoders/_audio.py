@@ -673,7 +673,7 @@ class AudioEncoder(TransformerMixin, BaseEstimator):
         return out, mask
 
     def get_feature_names_out(self, input_features=None):
-        """Names like ``"mfcc_3_mean"``, ``"zcr_std"``, ``"logmel_10_p90"``.
+        """Return the output names, like ``"mfcc_3_mean"``, ``"zcr_std"``, ``"logmel_10_p90"``.
 
         Parameters
         ----------
