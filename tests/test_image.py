@@ -170,6 +170,10 @@ def test_rgba_and_palette_to_rgb(encoder):
     crop = load_image(rgba, (32, 32), 32)
     assert crop.shape == (32, 32, 3)
     assert tuple(crop[16, 0]) == (255, 0, 0) and tuple(crop[16, -1]) == (255, 255, 255)
+    # 16-bit greyscale (e.g. a medical or scientific PNG) is scaled to 8 bits
+    deep = Image.fromarray(np.full((20, 20), 65535 // 2, dtype=np.uint16))
+    assert deep.mode.startswith("I;16")
+    assert np.all(np.abs(load_image(deep, (8, 8), 8).astype(int) - 128) <= 1)
     palette = Image.fromarray(rgba[:, :, :3]).convert("P")
     out = encoder.transform([rgba, palette])
     assert np.isfinite(out).all()
@@ -306,6 +310,29 @@ def test_user_onnx_model_config(tmp_path, samples):
     assert from_bytes.model_bytes_ == data
     with pytest.raises(ValueError, match="predict_imagenet needs the built-in model"):
         enc.predict_imagenet(samples)
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.UINT8, TensorProto.FLOAT16])
+def test_user_model_with_uint8_or_float16_input(samples, dtype):
+    # uint8: raw 0-255 pixels, no normalisation; float16: normalised pixels in half precision
+    x = helper.make_tensor_value_info("raw", dtype, ["N", 3, 16, 16])
+    y = helper.make_tensor_value_info("avg", TensorProto.FLOAT, ["N", 3])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
+    nodes = [
+        helper.make_node("Cast", ["raw"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f", "axes"], ["avg"], keepdims=0),
+    ]
+    graph = helper.make_graph(nodes, "raw", [x], [y], [axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    enc = ImageEncoder(model.SerializeToString()).fit(samples)
+    assert enc.layout_ == "NCHW" and enc.image_size_ == (16, 16)
+    crops = np.stack([load_image(a, (16, 16), enc.resize_size_) for a in samples])
+    if dtype == TensorProto.UINT8:
+        np.testing.assert_allclose(enc.transform(samples), crops.mean(axis=(1, 2)), rtol=1e-6)
+    else:
+        normalised = (crops / 255.0 - MOBILENET_V2["mean"]) / MOBILENET_V2["std"]
+        np.testing.assert_allclose(enc.transform(samples), normalised.mean(axis=(1, 2)), atol=2e-3)
 
 
 def test_user_model_errors(tmp_path, samples):
