@@ -3,15 +3,24 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 import os
+import pickle
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from sklearn.base import clone
 from sklearn.datasets import load_digits
+from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import (
+    check_do_not_raise_errors_in_init_or_set_params,
+    check_estimator_repr,
+    check_mixin_order,
+    check_no_attributes_set_in_init,
+)
 
 from skfusion import EarlyFusion, LateFusionClassifier
 from skfusion.datasets import load_audio_visual_digits, load_spoken_digits
@@ -88,6 +97,28 @@ def test_array_encoder(av_digits):
         ArrayEncoder().fit([None, np.nan])
     with pytest.raises(ValueError, match=r"row 1: expected an array of shape \(2,\)"):
         ArrayEncoder().fit([np.zeros(2), np.zeros(3)])
+
+
+def test_array_encoder_estimator_api(av_digits):
+    encoder = ArrayEncoder()
+    for check in (
+        check_no_attributes_set_in_init,
+        check_estimator_repr,
+        check_do_not_raise_errors_in_init_or_set_params,
+        check_mixin_order,
+    ):
+        check("ArrayEncoder", encoder)
+    images = av_digits.data["image"][:5]
+    with pytest.raises(NotFittedError):
+        encoder.transform(images)
+    assert encoder.fit(images) is encoder
+    X = encoder.transform(images.to_numpy())
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(encoder)).transform(list(images)), X)
+    np.testing.assert_array_equal(clone(encoder).fit_transform(images.to_frame()), X)
+    frame = clone(encoder).set_output(transform="pandas").fit_transform(images)
+    assert isinstance(frame, pd.DataFrame) and frame.columns[10] == "10"
+    # plain lists of numbers are arrays too
+    np.testing.assert_array_equal(ArrayEncoder().fit_transform([[1, 2], [3, 4]]), [[1, 2], [3, 4]])
 
 
 def test_fusion_beats_both_modalities(av_digits):

@@ -303,9 +303,9 @@ class AudioEncoder(TransformerMixin, BaseEstimator):
     ``librosa.feature.mfcc``, so the result equals a per-clip librosa computation up to float
     rounding. The dB scale of MFCC/log-mel is clipped at 80 dB below each clip's own peak.
 
-    The first librosa call in a fresh environment compiles librosa's numba functions (10-30 s
-    on two cores); numba caches them next to librosa (or under ``NUMBA_CACHE_DIR``), so later
-    processes start in about 2 s.
+    The first librosa call in a fresh environment compiles librosa's numba functions (15-60 s
+    on two cores); numba caches them next to librosa, in ``~/.cache/numba`` when that is
+    read-only, or under ``NUMBA_CACHE_DIR``, so later processes only pay the imports (2-6 s).
 
     Examples
     --------
