@@ -298,6 +298,8 @@ def test_user_onnx_model_config(tmp_path, samples):
     np.testing.assert_allclose(pooled.transform(samples), out, atol=1e-5)
     maxed = pooled.set_params(pooling="max").fit(samples).transform(samples)
     np.testing.assert_allclose(maxed, ((crops / 255.0 - 0.5) / 0.25).max(axis=(1, 2)), atol=1e-5)
+    first = pooled.set_params(pooling="cls").fit(samples).transform(samples)
+    np.testing.assert_allclose(first, (crops[:, 0, 0] / 255.0 - 0.5) / 0.25, atol=1e-5)
     flat = pooled.set_params(pooling="flatten").fit(samples)
     assert flat.embedding_dim_ == 24 * 32 * 3
     tokens, mask = flat.transform_sequence(samples)

@@ -283,13 +283,11 @@ def _pool(out, layout, pooling):
     if out.ndim == 2:
         return out
     tokens = _as_tokens(out, layout)
-    if pooling == "mean":
-        return tokens.mean(axis=1)
-    if pooling == "max":
-        return tokens.max(axis=1)
-    if pooling == "first":
-        return tokens[:, 0]
-    return tokens.reshape(tokens.shape[0], -1)
+    if pooling == "flatten":
+        return tokens.reshape(tokens.shape[0], -1)
+    from ..runtime import pool_sequence
+
+    return pool_sequence(tokens, None, pooling)
 
 
 class ImageEncoder(TransformerMixin, BaseEstimator):
@@ -324,7 +322,7 @@ class ImageEncoder(TransformerMixin, BaseEstimator):
         ``"logits"`` (the 1000 ImageNet classes) and ``"feature_map"``; for another model it
         means its first output.
 
-    pooling : {"mean", "max", "first", "flatten"}, default="mean"
+    pooling : {"mean", "max", "cls", "flatten"}, default="mean"
         How :meth:`transform` reduces an output with more than two dimensions (a
         ``(N, C, H, W)`` or ``(N, H, W, C)`` feature map, or ``(N, T, d)`` tokens) to one row
         per image: average or maximum over cells/tokens, the first token (a ViT's CLS token),
@@ -420,7 +418,7 @@ class ImageEncoder(TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "model": [None, str, os.PathLike, bytes],
         "output": [None, str],
-        "pooling": [StrOptions({"mean", "max", "first", "flatten"})],
+        "pooling": [StrOptions({"mean", "max", "cls", "flatten"})],
         "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
         "resize_size": [None, Interval(Integral, 1, None, closed="left")],
         "mean": [None, "array-like"],
