@@ -160,11 +160,13 @@ def _read(source):
         with sf.SoundFile(handle) as f:
             problem = _truncation(f)
             declared = f.frames
+            # MP3 lengths are estimates (encoder delay, VBR): allow one MPEG frame or 5%
+            slack = max(1152, declared // 20) if f.format in ("MP3", "MPEG") else 0
             data = f.read(dtype="float32", always_2d=True)
             rate = f.samplerate
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
         raise ValueError(f"cannot decode audio ({exc})") from None
-    if problem is None and 0 < data.shape[0] < declared:
+    if problem is None and 0 < data.shape[0] < declared - slack:
         problem = f"truncated file: the header declares {declared} frames, only {data.shape[0]} decode"
     if problem:
         raise ValueError(problem)
