@@ -195,8 +195,15 @@ def test_missing_rows_give_nan(encoder, image_files):
 def test_parallel_decoding_matches_serial(encoder, image_files, samples):
     X = image_files * 3 + [samples[0]]
     serial = encoder.transform(X)
-    parallel = clone(encoder).set_params(n_jobs=2, batch_size=3).fit(X).transform(X)
-    np.testing.assert_allclose(parallel, serial, atol=1e-5)
+    parallel = clone(encoder).set_params(n_jobs=2, batch_size=3).fit(X)
+    np.testing.assert_allclose(parallel.transform(X), serial, atol=1e-5)
+    # a bad item in the middle of a parallel stream raises (and leaves no thread behind)
+    bad = X[:4] + ["/nonexistent/image.jpg"] + X[4:]
+    with pytest.raises(EncodingError, match="row 4: FileNotFoundError"):
+        parallel.transform(bad)
+    tolerant = parallel.set_params(on_error="missing").transform(bad)
+    assert np.isnan(tolerant[4]).all()
+    np.testing.assert_allclose(np.delete(tolerant, 4, axis=0), serial, atol=1e-5)
 
 
 # --- bad input ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 import hashlib
 import importlib.util
 import io
+import itertools
 import math
 import os
 from numbers import Integral
@@ -356,7 +357,7 @@ class ImageEncoder(TransformerMixin, BaseEstimator):
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
     n_jobs : int, default=None
-        Threads that decode and resize images while the model runs on a batch at a time.
+        Threads that decode and resize images, one batch ahead of the model.
         ``None`` means 1 unless in a :func:`joblib.parallel_config` context; ``-1`` uses all
         CPUs. Decoding is worth parallelising for large JPEG/PNG files.
 
@@ -609,14 +610,20 @@ class ImageEncoder(TransformerMixin, BaseEstimator):
         encoded, results = [], []
         size, resize = self.image_size_, self.resize_size_
         serial = effective_n_jobs(self.n_jobs) == 1 or len(items) < 2
-        # threads: PIL releases the GIL while decoding and resizing
-        with Parallel(n_jobs=1 if serial else self.n_jobs, require="sharedmem") as parallel:
+        # Threads (PIL releases the GIL while decoding and resizing) fed lazily: they decode
+        # the next batch while ONNX Runtime runs on this one, at most about a batch ahead.
+        with Parallel(
+            n_jobs=1 if serial else self.n_jobs,
+            require="sharedmem",
+            return_as="generator",
+            pre_dispatch=f"{self.batch_size} + 2 * n_jobs",
+        ) as parallel:
+            if serial:
+                stream = (_load_or_error(item, size, resize) for item in items)
+            else:
+                stream = parallel(delayed(_load_or_error)(it, size, resize) for it in items)
             for start in range(0, len(items), self.batch_size):
-                chunk = items[start : start + self.batch_size]
-                if serial:
-                    decoded = [_load_or_error(item, size, resize) for item in chunk]
-                else:
-                    decoded = parallel(delayed(_load_or_error)(it, size, resize) for it in chunk)
+                decoded = list(itertools.islice(stream, self.batch_size))
                 good, rows = [], []
                 for row, result in zip(present[start : start + self.batch_size], decoded):
                     if isinstance(result, BaseException):
