@@ -246,8 +246,8 @@ class _BaseAttentionFusion(_BaseFusion):
             self._scales.append(std.astype(np.float32))
 
     def _network_data(self, features, presence):
-        """Standardised inputs (0 where missing), token validity, presence and token layout."""
-        inputs, valid, token_modality = [], [], []
+        """Standardised inputs (0 where missing), token validity and presence."""
+        inputs, valid = [], []
         presence = presence.copy()
         for j, (feat, seq) in enumerate(zip(features, self._sequence)):
             values, tok_valid = (feat[0], feat[1]) if seq else (feat, None)
@@ -263,12 +263,10 @@ class _BaseAttentionFusion(_BaseFusion):
             z[~presence[:, j]] = 0.0
             inputs.append(z)
             valid.append(tok_valid)
-            token_modality += [j] * tok_valid.shape[1]
         return {
             "inputs": inputs,
             "token_valid": valid,
             "present": presence,
-            "token_modality": np.asarray(token_modality),
         }
 
     # --- fit ---
@@ -363,13 +361,12 @@ class _BaseAttentionFusion(_BaseFusion):
         logits, weights = [], []
         for start in range(0, n, _PREDICT_BATCH):
             rows = np.arange(start, min(start + _PREDICT_BATCH, n))
-            inputs, valid, pres, bias = batch_arrays(data, rows, data["present"][rows])
+            inputs, valid, pres = batch_arrays(data, rows, data["present"][rows])
             out, attention = forward(
                 self._weights,
                 inputs,
                 valid,
                 pres,
-                bias,
                 n_heads=self.n_heads,
                 n_layers=self.n_layers,
                 xp=np,
@@ -377,14 +374,7 @@ class _BaseAttentionFusion(_BaseFusion):
             )
             logits.append(out.astype(np.float64))
             if keep_attention:
-                weights.append(
-                    modality_attention(
-                        attention,
-                        data["token_modality"],
-                        np.concatenate(valid, axis=1),
-                        data["present"][rows],
-                    )
-                )
+                weights.append(modality_attention(attention, data["present"][rows]))
         logits = np.concatenate(logits, axis=0)
         return logits, (np.concatenate(weights, axis=0) if keep_attention else None)
 
@@ -573,9 +563,11 @@ class AttentionFusionClassifier(ClassifierMixin, _BaseAttentionFusion):
     ...     max_iter=30, random_state=0).fit(X, y)
     >>> clf.predict_proba(X.iloc[:2]).shape
     (2, 2)
-    >>> clf.attention_weights(X.iloc[:2]).sum(axis=2)
-    array([[1., 1.],
-           [1., 1.]])
+    >>> weights = clf.attention_weights(X.iloc[:2])  # (rows, query modality, key modality)
+    >>> weights.shape
+    (2, 2, 2)
+    >>> np.allclose(weights.sum(axis=2), 1.0)
+    True
 """
     )
 

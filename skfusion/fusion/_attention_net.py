@@ -16,7 +16,7 @@ import numpy as np
 __all__ = []
 
 _LN_EPS = 1e-5
-_MASKED = -1e9  # added to the scores of keys a query may not see
+_BIG = 1e9  # pushes masked scores below every real one when taking the row maximum
 
 
 def init_params(rng, layout, *, d_model, n_layers, d_ff, n_out):
@@ -60,29 +60,13 @@ def init_params(rng, layout, *, d_model, n_layers, d_ff, n_out):
     return P
 
 
-def attention_bias(token_modality, token_valid):
-    """Additive attention mask of shape (n, 1, L, L), float32.
-
-    A query token sees the valid tokens of the *other* modalities and itself. Seeing itself
-    means a row with one present modality (or a padding/missing token) still has a key, so the
-    softmax never meets a row of masked scores.
-    """
-    L = token_modality.shape[0]
-    other = token_modality[:, None] != token_modality[None, :]
-    allowed = other[None, :, :] & token_valid[:, None, :]
-    allowed |= np.eye(L, dtype=bool)[None]
-    return np.where(allowed, np.float32(0.0), np.float32(_MASKED))[:, None, :, :]
-
-
 def batch_arrays(data, rows, present):
-    """Inputs, token validity and attention bias of some rows, with a given presence matrix."""
+    """Inputs, token validity (float 0/1) and presence of some rows, with a given presence."""
     inputs, valid = [], []
     for j, (values, tok_valid) in enumerate(zip(data["inputs"], data["token_valid"])):
         inputs.append(values[rows])
-        valid.append(tok_valid[rows] & present[:, j : j + 1])
-    token_valid = np.concatenate(valid, axis=1)
-    bias = attention_bias(data["token_modality"], token_valid)
-    return inputs, [v.astype(np.float32) for v in valid], present.astype(np.float32), bias
+        valid.append((tok_valid[rows] & present[:, j : j + 1]).astype(np.float32))
+    return inputs, valid, present.astype(np.float32)
 
 
 def _layer_norm(xp, x, g, b):
@@ -91,8 +75,14 @@ def _layer_norm(xp, x, g, b):
     return (x - mean) / xp.sqrt(var + _LN_EPS) * g + b
 
 
-def _softmax(xp, s):
-    e = xp.exp(s - xp.max(s, axis=-1, keepdims=True))
+def _masked_softmax(xp, s, mask):
+    """Softmax over the last axis where ``mask`` (0/1, broadcast) is 1.
+
+    Masked scores are never exponentiated at a huge negative value (underflowing ``exp`` is
+    several times slower on CPU): they are clamped, exponentiated and multiplied by 0.
+    """
+    top = xp.max(s * mask + (mask - 1.0) * _BIG, axis=-1, keepdims=True)
+    e = xp.exp(xp.minimum(s - top, 0.0 * s)) * mask
     return e / xp.sum(e, axis=-1, keepdims=True)
 
 
@@ -100,10 +90,57 @@ def _relu(xp, x):
     return xp.where(x > 0, x, x * 0)
 
 
+def _cross_attention(xp, Q, K, V, spans, key_valid, scale):
+    """Each modality's tokens attend to the other modalities' valid tokens and to themselves.
+
+    ``Q``, ``K``, ``V`` are (n, heads, L, dh); ``spans`` gives each modality's token range.
+    The score of a token with itself is computed on its own (no L x L matrix), so a long
+    sequence does not pay for attending to its own tokens. Returns the attended values
+    (n, heads, L, dh) and, per query modality, the attention (n, heads, T_q, 1 + L_other)
+    whose first column is the token itself.
+    """
+    outs, maps = [], []
+    for i, (a, b) in enumerate(spans):
+        Qi, Ki, Vi = Q[:, :, a:b, :], K[:, :, a:b, :], V[:, :, a:b, :]
+        others = [j for j in range(len(spans)) if j != i]
+        s_self = xp.sum(Qi * Ki, axis=-1, keepdims=True) * scale
+        if not others:  # a single modality: every token keeps its own value
+            outs.append(Vi)
+            maps.append(s_self * 0 + 1.0)
+            continue
+        Ko = xp.concat([K[:, :, spans[j][0] : spans[j][1], :] for j in others], axis=2)
+        Vo = xp.concat([V[:, :, spans[j][0] : spans[j][1], :] for j in others], axis=2)
+        s_other = xp.matmul(Qi, xp.permute_dims(Ko, (0, 1, 3, 2))) * scale
+        ones = key_valid[others[0]][:, :1] * 0 + 1.0
+        mask = xp.concat([ones] + [key_valid[j] for j in others], axis=1)[:, None, None, :]
+        A = _masked_softmax(xp, xp.concat([s_self, s_other], axis=-1), mask)
+        outs.append(A[..., :1] * Vi + xp.matmul(A[..., 1:], Vo))
+        maps.append(A)
+    return xp.concat(outs, axis=2), maps
+
+
+def _modality_shares(xp, maps, spans, token_valid):
+    """(n, M, M): per query modality, its tokens' mean attention to each modality."""
+    rows = []
+    for i, A in enumerate(maps):
+        A = xp.mean(A, axis=1)  # over heads: (n, T_q, 1 + L_other)
+        cols, pos = [], 1
+        for k, (a, b) in enumerate(spans):
+            if k == i:
+                cols.append(A[:, :, 0])
+            else:
+                cols.append(xp.sum(A[:, :, pos : pos + b - a], axis=-1))
+                pos += b - a
+        W = xp.stack(cols, axis=-1)  # (n, T_q, M)
+        q = token_valid[i]
+        rows.append(xp.sum(W * q[:, :, None], axis=1) / xp.clip(xp.sum(q, axis=1), 1.0, None)[:, None])
+    return xp.stack(rows, axis=1)
+
+
 def forward(
-    P, inputs, token_valid, present, bias, *, n_heads, n_layers, xp, dropout=None, keep_attention=False
+    P, inputs, token_valid, present, *, n_heads, n_layers, xp, dropout=None, keep_attention=False
 ):
-    """Logits (n, n_out) and, optionally, the attention matrices of every layer.
+    """Logits (n, n_out) and, optionally, per layer the (n, M, M) modality attention shares.
 
     Parameters
     ----------
@@ -116,20 +153,20 @@ def forward(
         Per modality: (n, T) float 0/1, 1 for a real token of a present modality.
     present : array of shape (n, M)
         Float 0/1 presence of each modality.
-    bias : array of shape (n, 1, L, L)
-        From :func:`attention_bias`.
     dropout : callable or None
-        Applied to the attention and feed-forward outputs while training.
+        Applied to the attention and feed-forward outputs and the head while training.
     """
     drop = dropout or (lambda t: t)
     n = inputs[0].shape[0]
-    tokens = []
+    tokens, spans, start = [], [], 0
     for j, X in enumerate(inputs):
         tok = P[f"m{j}.tok"]
         H = xp.matmul(X, P[f"m{j}.W"]) + P[f"m{j}.b"]
         if X.ndim == 2:  # pooled vector -> n_tokens tokens
             H = xp.reshape(H, (n, tok.shape[0], tok.shape[1]))
         tokens.append(H + tok)
+        spans.append((start, start + H.shape[1]))
+        start += H.shape[1]
     H = xp.concat(tokens, axis=1)
     L, d = H.shape[1], H.shape[2]
     dh = d // n_heads
@@ -143,43 +180,32 @@ def forward(
         Q = heads(xp.matmul(H, P[p + "Wq"]) + P[p + "bq"])
         K = heads(xp.matmul(H, P[p + "Wk"]) + P[p + "bk"])
         V = heads(xp.matmul(H, P[p + "Wv"]) + P[p + "bv"])
-        A = _softmax(xp, xp.matmul(Q, xp.permute_dims(K, (0, 1, 3, 2))) / math.sqrt(dh) + bias)
+        out, maps = _cross_attention(xp, Q, K, V, spans, token_valid, 1.0 / math.sqrt(dh))
         if keep_attention:
-            attention.append(A)
-        out = xp.reshape(xp.permute_dims(xp.matmul(A, V), (0, 2, 1, 3)), (n, L, d))
+            attention.append(_modality_shares(xp, maps, spans, token_valid))
+        out = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (n, L, d))
         out = xp.matmul(out, P[p + "Wo"]) + P[p + "bo"]
         H = _layer_norm(xp, H + drop(out), P[p + "n1g"], P[p + "n1b"])
         ff = xp.matmul(_relu(xp, xp.matmul(H, P[p + "W1"]) + P[p + "b1"]), P[p + "W2"]) + P[p + "b2"]
         H = _layer_norm(xp, H + drop(ff), P[p + "n2g"], P[p + "n2b"])
 
-    pooled, start = [], 0
-    for j, valid in enumerate(token_valid):
-        stop = start + valid.shape[1]
+    pooled = []
+    for j, (valid, (a, b)) in enumerate(zip(token_valid, spans)):
         w = valid / xp.clip(xp.sum(valid, axis=1, keepdims=True), 1.0, None)
-        mean = xp.sum(H[:, start:stop, :] * w[:, :, None], axis=1)
+        mean = xp.sum(H[:, a:b, :] * w[:, :, None], axis=1)
         here = present[:, j : j + 1]
         pooled.append(here * mean + (1.0 - here) * P[f"m{j}.missing"])
-        start = stop
     Z = xp.concat(pooled, axis=1)
     hidden = drop(_relu(xp, xp.matmul(Z, P["head.W1"]) + P["head.b1"]))
     logits = xp.matmul(hidden, P["head.W2"]) + P["head.b2"]
     return logits, attention
 
 
-def modality_attention(attention, token_modality, token_valid, present):
-    """Per row, how much each modality's tokens attended to each modality: (n, M, M).
+def modality_attention(attention, present):
+    """Average the per-layer (n, M, M) shares; a missing query modality's row becomes NaN.
 
-    The attention of every layer and head is averaged, summed over the key tokens of each
-    modality and averaged over the valid query tokens of each modality. Rows of a present
-    query modality sum to 1; rows of a missing one are NaN.
+    Rows of a present query modality sum to 1 over the present modalities.
     """
-    A = np.mean([a.mean(axis=1) for a in attention], axis=0)  # (n, L, L)
-    n_mod = present.shape[1]
-    onehot = (token_modality[:, None] == np.arange(n_mod)[None, :]).astype(np.float64)
-    to_mod = A @ onehot  # (n, L_query, M)
-    q = token_valid[:, :, None] * onehot[None]  # (n, L, M): valid query tokens per modality
-    counts = q.sum(axis=1)  # (n, M)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        W = np.einsum("nlq,nlk->nqk", q, to_mod) / counts[:, :, None]
+    W = np.mean(np.stack(attention), axis=0).astype(np.float64)
     W[~present.astype(bool)] = np.nan
     return W

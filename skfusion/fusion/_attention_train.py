@@ -57,14 +57,13 @@ class _Trainer:
 
     def _loss(self, params, data, rows, present, train):
         torch = self.torch
-        inputs, valid, pres, bias = batch_arrays(data, rows, present)
+        inputs, valid, pres = batch_arrays(data, rows, present)
         est = self.est
         logits, _ = forward(
             params,
             [self._tensor(a) for a in inputs],
             [self._tensor(v) for v in valid],
             self._tensor(pres),
-            self._tensor(bias),
             n_heads=est.n_heads,
             n_layers=est.n_layers,
             xp=self.xp,

@@ -1,0 +1,317 @@
+"""Tests of AttentionFusionClassifier / AttentionFusionRegressor."""
+
+import pickle
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from skfusion import AttentionFusionClassifier, AttentionFusionRegressor, EarlyFusion
+from skfusion.encoders import TextEncoder
+from skfusion.fusion._attention_net import batch_arrays, forward
+
+REVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "womens_clothing_reviews"
+
+# Small and fast: a tiny network, few epochs, a high learning rate.
+FAST = dict(d_model=16, n_heads=2, n_tokens=1, max_iter=30, batch_size=50, learning_rate_init=1e-2)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_convergence():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def two_modalities():
+    return [
+        ("left", StandardScaler(), ["a", "b", "c"]),
+        ("right", StandardScaler(), ["d", "e", "f"]),
+    ]
+
+
+def xor_data(n, seed=0):
+    """The label is the XOR of the signs of one feature in each modality."""
+    rng = np.random.RandomState(seed)
+    X = pd.DataFrame(rng.normal(size=(n, 6)), columns=list("abcdef"))
+    y = np.where((X["a"] > 0) ^ (X["d"] > 0), "yes", "no")
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def xor_fitted():
+    X, y = xor_data(600)
+    clf = AttentionFusionClassifier(two_modalities(), random_state=0, **FAST)
+    clf.fit(X.iloc[:400], y[:400])
+    return clf, X.iloc[400:], y[400:]
+
+
+def test_interaction_beats_early_fusion(xor_fitted):
+    clf, X_test, y_test = xor_fitted
+    X, y = xor_data(600)
+    early = make_pipeline(EarlyFusion(two_modalities()), LogisticRegression())
+    early.fit(X.iloc[:400], y[:400])
+    attention_acc = clf.score(X_test, y_test)
+    early_acc = early.score(X_test, y_test)
+    assert early_acc < 0.65  # a linear model cannot express the XOR
+    assert attention_acc > 0.9
+    assert attention_acc > early_acc + 0.25
+    assert list(clf.classes_) == ["no", "yes"]
+    assert clf.n_iter_ == len(clf.loss_curve_)
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0]
+    assert clf.validation_loss_curve_ is None
+    assert list(clf.modality_names_) == ["left", "right"]
+
+
+def test_same_random_state_identical_predictions():
+    X, y = xor_data(150)
+    kw = dict(FAST, max_iter=5, dropout=0.2, modality_dropout=0.3)
+    p1 = AttentionFusionClassifier(two_modalities(), random_state=3, **kw).fit(X, y).predict_proba(X)
+    p2 = AttentionFusionClassifier(two_modalities(), random_state=3, **kw).fit(X, y).predict_proba(X)
+    p3 = AttentionFusionClassifier(two_modalities(), random_state=4, **kw).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(p1, p2)
+    assert np.abs(p1 - p3).max() > 1e-4
+
+
+def test_missing_modality_at_predict(xor_fitted):
+    clf, X_test, _ = xor_fitted
+    X = X_test.iloc[:6].copy()
+    X.loc[X.index[:3], ["d", "e", "f"]] = np.nan  # rows 0-2: "right" missing
+    X.loc[X.index[3], ["a", "b", "c"]] = np.nan  # row 3: "left" missing
+    proba = clf.predict_proba(X)
+    assert np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    W = clf.attention_weights(X)
+    assert W.shape == (6, 2, 2)
+    # A present query modality: weights over the present modalities sum to 1.
+    np.testing.assert_allclose(W[:3, 0, 0], 1.0)  # only "left" left: it attends to itself
+    np.testing.assert_array_equal(W[:3, 0, 1], 0.0)
+    assert np.isnan(W[:3, 1]).all()  # "right" is missing: no query row
+    np.testing.assert_allclose(W[3, 1], [0.0, 1.0])
+    assert np.isnan(W[3, 0]).all()
+    np.testing.assert_allclose(W[4:].sum(axis=2), 1.0, rtol=1e-5)
+    assert (W[4:] > 0).all()  # both present: each attends to the other as well
+    # Without the partner modality the XOR is undecidable: the model should not be sure.
+    assert np.abs(proba[:3, 1] - 0.5).max() < np.abs(clf.predict_proba(X_test)[:, 1] - 0.5).max()
+
+
+def test_missing_modality_during_fit():
+    X, y = xor_data(200, seed=1)
+    X.loc[X.index[:40], ["d", "e", "f"]] = np.nan
+    X.loc[X.index[40:60], ["a", "b", "c"]] = np.nan
+    clf = AttentionFusionClassifier(two_modalities(), random_state=0, **dict(FAST, max_iter=3))
+    proba = clf.fit(X, y).predict_proba(X)
+    assert np.isfinite(proba).all()
+    assert np.isfinite(clf.loss_curve_).all()
+
+
+def test_persisted_model_predicts_without_torch(xor_fitted, tmp_path):
+    clf, X_test, _ = xor_fitted
+    path = tmp_path / "model.joblib"
+    joblib.dump(clf, path)
+    X_test.to_csv(tmp_path / "X.csv", index=False)
+    np.save(tmp_path / "expected.npy", clf.predict_proba(X_test))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import importlib.abc
+
+        class BlockTorch(importlib.abc.MetaPathFinder):
+            # `sys.modules["torch"] = None` would also block torch, but scipy's array-API
+            # helpers then crash on `getattr(None, "Tensor")` before skfusion is reached.
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is not installed here")
+
+        sys.meta_path.insert(0, BlockTorch())
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            raise AssertionError("torch should not import")
+        import joblib, numpy as np, pandas as pd
+        model = joblib.load({str(path)!r})
+        X = pd.read_csv({str(tmp_path / "X.csv")!r})
+        proba = model.predict_proba(X)
+        np.testing.assert_array_equal(proba, np.load({str(tmp_path / "expected.npy")!r}))
+        weights = model.attention_weights(X)
+        assert weights.shape == (len(X), 2, 2)
+        assert not any(name == "torch" or name.startswith("torch.") for name in sys.modules)
+        print("OK", model.predict(X.iloc[:3]).tolist())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("OK")
+
+
+def test_pickle_round_trip_has_no_torch_objects(xor_fitted):
+    clf, X_test, _ = xor_fitted
+    assert all(isinstance(w, np.ndarray) and w.dtype == np.float32 for w in clf._weights.values())
+    clone = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(clone.predict_proba(X_test), clf.predict_proba(X_test))
+
+
+def test_numpy_forward_matches_torch(xor_fitted):
+    import torch
+    from sklearn.externals.array_api_compat import torch as xp_torch
+
+    clf, X_test, _ = xor_fitted
+    features, presence = clf._transform_modalities(X_test)
+    data = clf._network_data(features, presence)
+    rows = np.arange(50)
+    inputs, valid, pres = batch_arrays(data, rows, data["present"][rows])
+    kw = dict(n_heads=clf.n_heads, n_layers=clf.n_layers)
+    ref, _ = forward(clf._weights, inputs, valid, pres, xp=np, **kw)
+    to_t = torch.from_numpy
+    got, _ = forward(
+        {k: to_t(v) for k, v in clf._weights.items()},
+        [to_t(a) for a in inputs],
+        [to_t(v) for v in valid],
+        to_t(pres),
+        xp=xp_torch,
+        **kw,
+    )
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_regressor_learns_interaction():
+    rng = np.random.RandomState(0)
+    X = pd.DataFrame(rng.normal(size=(500, 6)), columns=list("abcdef"))
+    y = 10.0 * X["a"] * X["d"] + 3.0
+    reg = AttentionFusionRegressor(two_modalities(), random_state=0, **FAST)
+    reg.fit(X.iloc[:400], y.iloc[:400])
+    assert reg.score(X.iloc[400:], y.iloc[400:]) > 0.7
+    pred = reg.predict(X.iloc[400:])
+    assert pred.shape == (100,) and np.isfinite(pred).all()
+
+
+def test_sample_weight():
+    X, y = xor_data(200, seed=2)
+    kw = dict(FAST, max_iter=8)
+    base = AttentionFusionClassifier(two_modalities(), random_state=0, **kw)
+    p_none = base.fit(X, y).predict_proba(X)
+    p_ones = base.fit(X, y, sample_weight=np.ones(len(y))).predict_proba(X)
+    np.testing.assert_allclose(p_none, p_ones, rtol=1e-6, atol=1e-7)
+    # Weighting one class up moves the predictions towards it.
+    w = np.where(y == "yes", 20.0, 1.0)
+    p_weighted = base.fit(X, y, sample_weight=w).predict_proba(X)
+    assert p_weighted[:, 1].mean() > p_none[:, 1].mean() + 0.1
+    with pytest.raises(ValueError, match="sample_weight"):
+        base.fit(X, y, sample_weight=np.ones(5))
+
+
+def test_early_stopping_keeps_best_validation_epoch(capsys):
+    X, y = xor_data(300, seed=3)
+    clf = AttentionFusionClassifier(
+        two_modalities(),
+        random_state=0,
+        early_stopping=True,
+        validation_fraction=0.2,
+        n_iter_no_change=3,
+        verbose=1,
+        **dict(FAST, max_iter=200, learning_rate_init=0.05),
+    ).fit(X, y)
+    assert clf.n_iter_ < 200
+    assert len(clf.validation_loss_curve_) == clf.n_iter_
+    assert clf.best_loss_ == min(clf.validation_loss_curve_)
+    out = capsys.readouterr().out
+    assert "validation loss" in out and "Stopping" in out
+
+
+def test_fit_errors():
+    X, y = xor_data(60)
+    with pytest.raises(ValueError, match="multiple of n_heads"):
+        AttentionFusionClassifier(two_modalities(), d_model=10, n_heads=4).fit(X, y)
+    with pytest.raises(ValueError, match="unknown modalities"):
+        AttentionFusionClassifier(two_modalities(), use_sequences=["nope"]).fit(X, y)
+    with pytest.raises(ValueError, match="has no transform_sequence"):
+        AttentionFusionClassifier(two_modalities(), use_sequences=["left"]).fit(X, y)
+    X_missing = X.copy()
+    X_missing[["d", "e", "f"]] = np.nan
+    with pytest.raises(ValueError, match="missing .* in every one of the 60 rows"):
+        AttentionFusionClassifier(two_modalities()).fit(X_missing, y)
+    with pytest.raises(ValueError, match="only one class"):
+        AttentionFusionClassifier(two_modalities()).fit(X, np.ones(60))
+    with pytest.raises(ValueError, match="leaves no training or no validation row"):
+        AttentionFusionClassifier(
+            two_modalities(), early_stopping=True, validation_fraction=0.99
+        ).fit(X.iloc[:2], ["no", "yes"])
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            AttentionFusionClassifier(two_modalities(), device="cuda", max_iter=1).fit(X, y)
+    fitted = AttentionFusionClassifier(two_modalities(), random_state=0, **dict(FAST, max_iter=1))
+    fitted.fit(X, y)
+    with pytest.raises(ValueError, match="X has no column 'd'"):
+        fitted.predict(X.drop(columns=["d"]))
+
+
+def test_fusion_classifier_attention_in_grid_search():
+    from sklearn.model_selection import GridSearchCV
+
+    from skfusion import FusionClassifier
+
+    X, y = xor_data(240, seed=4)
+    clf = FusionClassifier(
+        two_modalities(), random_state=0, attention_params=dict(FAST, max_iter=20)
+    )
+    search = GridSearchCV(clf, {"fusion": ["early", "attention"]}, cv=2).fit(X, y)
+    assert search.best_params_["fusion"] == "attention"
+    scores = search.cv_results_["mean_test_score"]
+    assert scores[1] > scores[0] + 0.2
+    best = search.best_estimator_
+    assert isinstance(best.estimator_, AttentionFusionClassifier)
+    assert best.estimator_.random_state == 0
+    assert best.predict_proba(X.iloc[:4]).shape == (4, 2)
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    df = pd.read_csv(REVIEWS / "reviews.csv", nrows=600)
+    short = df["Review Text"].str.len() < 160  # short texts keep the encoding fast
+    return df[short].iloc[:80].reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_text_sequences_on_real_reviews(reviews):
+    """Token sequences of real reviews (TextEncoder) with their padding mask, plus tabular."""
+    df = reviews
+    modalities = [
+        ("text", TextEncoder(), "Review Text"),
+        ("tab", StandardScaler(), ["Age", "Rating", "Positive Feedback Count"]),
+        ("cat", OneHotEncoder(handle_unknown="ignore"), ["Department Name"]),
+    ]
+    clf = AttentionFusionClassifier(
+        modalities, use_sequences=True, random_state=0, **dict(FAST, max_iter=10)
+    )
+    y = df["Recommended IND"].to_numpy()
+    clf.fit(df.iloc[:60], y[:60])
+    assert clf._sequence == [True, False, False]  # only the text encoder gives sequences
+    test = df.iloc[60:].copy()
+    test.loc[test.index[0], "Review Text"] = None  # a missing text
+    proba = clf.predict_proba(test)
+    assert np.isfinite(proba).all()
+    W = clf.attention_weights(test)
+    assert W.shape == (len(test), 3, 3)
+    assert np.isnan(W[0, 0]).all()
+    np.testing.assert_allclose(np.nansum(W[1:], axis=2), 1.0, rtol=1e-5)
+    # Padding is masked: a row scores the same alone as in a batch padded to a longer text.
+    longest = test["Review Text"].str.len().idxmax()
+    short = test["Review Text"].str.len().idxmin()
+    alone = clf.predict_proba(test.loc[[short]])
+    with_long = clf.predict_proba(test.loc[[short, longest]])[:1]
+    np.testing.assert_allclose(alone, with_long, rtol=1e-4, atol=1e-6)
+    assert clf.score(test.iloc[1:], y[61:]) >= 0.6
