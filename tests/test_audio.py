@@ -448,3 +448,24 @@ def test_import_does_not_load_librosa():
     code = "import skfusion.encoders, sys; print('librosa' in sys.modules, 'numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_frame_sequences_feed_attention_fusion():
+    from skfusion import AttentionFusionClassifier
+    from skfusion.datasets import load_audio_visual_digits
+    from skfusion.encoders import ArrayEncoder
+
+    digits = load_audio_visual_digits()
+    rows = np.arange(0, 3000, 25)
+    X = digits.data.iloc[rows].reset_index(drop=True)
+    X.loc[::10, "audio"] = None  # missing clips: an all-False key mask
+    y = digits.target.iloc[rows].to_numpy()
+    model = AttentionFusionClassifier(
+        [("audio", AudioEncoder(sr=8000, n_mfcc=13), "audio"), ("image", ArrayEncoder(), "image")],
+        use_sequences=["audio"],
+        max_iter=3,
+        random_state=0,
+    )
+    model.fit(X, y)
+    proba = model.predict_proba(X)
+    assert proba.shape == (len(rows), 10) and np.isfinite(proba).all()
