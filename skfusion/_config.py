@@ -23,6 +23,7 @@ then the defaults.
 
 import os
 import re
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -159,9 +160,10 @@ def set_config(cache=None, cache_dir=None, cache_max_bytes=None, **unset):
 
     Arguments left at ``None`` are not changed. Each value is also written to its environment
     variable, so worker processes started afterwards (joblib's loky workers, dask nannies,
-    ``subprocess``) use the same settings. joblib reuses its loky workers between calls: set
-    the configuration before the first parallel call of a session (or export the environment
-    variables before starting Python) for the workers to see it.
+    ``subprocess``) use the same settings; a change also shuts joblib's idle loky workers down
+    (they would keep the old environment), so the next parallel call starts fresh ones.
+    Processes that are already running elsewhere (a dask cluster's workers) keep theirs: export
+    the environment variables before starting them.
 
     Read more in the :ref:`User Guide <embedding_cache>`.
 
@@ -200,13 +202,32 @@ def set_config(cache=None, cache_dir=None, cache_max_bytes=None, **unset):
 
 def _apply(changes):
     with _lock:
+        before = {var: os.environ.get(var) for var in _ENV.values()}
         for key, value in changes.items():
             _explicit[key] = value
-            text = _to_env(key, value)
-            if text is None:
-                os.environ.pop(_ENV[key], None)
-            else:
-                os.environ[_ENV[key]] = text
+            _set_env(_ENV[key], _to_env(key, value))
+        if before != {var: os.environ.get(var) for var in _ENV.values()}:
+            _retire_idle_workers()
+
+
+def _set_env(var, text):
+    if text is None:
+        os.environ.pop(var, None)
+    else:
+        os.environ[var] = text
+
+
+def _retire_idle_workers():
+    """Shut joblib's reusable loky workers down, so the next ones start with the new settings.
+
+    loky keeps its worker processes between ``Parallel`` calls, and a running process does not
+    see later changes of its parent's environment. The next parallel call starts fresh workers.
+    """
+    module = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(module, "_executor", None)
+    flags = getattr(executor, "_flags", None)
+    if executor is not None and flags is not None and not flags.shutdown:
+        executor.shutdown(wait=True)
 
 
 @contextmanager
@@ -244,13 +265,13 @@ def config_context(*, cache=None, cache_dir=None, cache_max_bytes=None):
         yield
     finally:
         with _lock:
+            changed = saved_env != {key: os.environ.get(var) for key, var in _ENV.items()}
             _explicit.clear()
             _explicit.update(saved_explicit)
             for key, var in _ENV.items():
-                if saved_env[key] is None:
-                    os.environ.pop(var, None)
-                else:
-                    os.environ[var] = saved_env[key]
+                _set_env(var, saved_env[key])
+            if changed:
+                _retire_idle_workers()
 
 
 set_config.__doc__ = set_config.__doc__.format(parameters=_PARAMETERS)

@@ -75,6 +75,26 @@ def read_log(path):
         return [json.loads(line.split("\t", 1)[1]) for line in f if line.strip()]
 
 
+# the real offline all-MiniLM-L6-v2 through sentence-transformers (the torch backend)
+TEXT = {"backend": "torch", "device": "cpu"}
+
+
+def count_encoded_texts(monkeypatch):
+    """Record every text that reaches TextEncoder's backend encode (ONNX or torch)."""
+    seen = []
+    for method in ("_encode_onnx", "_encode_torch", "_encode"):
+        original = getattr(TextEncoder, method, None)
+        if original is None:
+            continue
+
+        def counting(self, texts, _original=original):
+            seen.extend(texts)
+            return _original(self, texts)
+
+        monkeypatch.setattr(TextEncoder, method, counting)
+    return seen
+
+
 @pytest.fixture(autouse=True)
 def fresh_cache(monkeypatch):
     for var in ("SKFUSION_CACHE", "SKFUSION_CACHE_DIR", "SKFUSION_CACHE_MAX_BYTES"):
@@ -345,16 +365,9 @@ def test_fusion_estimators_use_the_cache(reviews, tmp_path):
 def test_grid_search_encodes_each_review_once_with_the_real_text_encoder(reviews, monkeypatch):
     """GridSearchCV over every fusion type x 5 shuffled folds: one encode per distinct text."""
     X, y = reviews
-    seen = []
-    original = TextEncoder._encode
-
-    def counting_encode(self, texts):
-        seen.extend(texts)
-        return original(self, texts)
-
-    monkeypatch.setattr(TextEncoder, "_encode", counting_encode)
+    seen = count_encoded_texts(monkeypatch)
     modalities = [
-        ("text", TextEncoder(device="cpu"), "Review Text"),
+        ("text", TextEncoder(**TEXT), "Review Text"),
         ("tab", StandardScaler(), ["Age", "Rating"]),
     ]
     grid = {"fusion": list(FUSION_TYPES)}
@@ -381,17 +394,16 @@ def test_grid_search_encodes_each_review_once_with_the_real_text_encoder(reviews
 
 def test_text_encoder_caches_when_used_directly(reviews):
     texts = reviews[0]["Review Text"].iloc[:30].tolist()
-    enc = TextEncoder(device="cpu").fit(texts)
+    enc = TextEncoder(**TEXT).fit(texts)
     first = enc.transform(texts)
     n_present = sum(t == t and bool(str(t).strip()) for t in texts)
     assert cache_info().misses == len(set(t for t in texts if isinstance(t, str)))
     again = clone(enc).fit(texts).transform(texts[::-1])
     np.testing.assert_array_equal(again, first[::-1])
     assert cache_info().memory_hits == n_present
-    changed = TextEncoder(device="cpu", normalize_embeddings=True, batch_size=7).fit(texts)
-    assert (
-        changed._skfusion_fingerprint() != enc._skfusion_fingerprint()
-        and TextEncoder(batch_size=7)._skfusion_fingerprint() == enc._skfusion_fingerprint()
-    )
+    changed = TextEncoder(normalize_embeddings=True, batch_size=7, **TEXT).fit(texts)
+    same = TextEncoder(batch_size=7, verbose=True, on_error="missing", **TEXT)
+    assert changed._skfusion_fingerprint() != enc._skfusion_fingerprint()
+    assert same._skfusion_fingerprint() == enc._skfusion_fingerprint()
     changed.transform(texts)
     assert cache_info().misses == 2 * len(set(t for t in texts if isinstance(t, str)))
