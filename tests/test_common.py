@@ -8,6 +8,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skfusion import (
+    AttentionFusionClassifier,
+    AttentionFusionRegressor,
     EarlyFusion,
     FusionClassifier,
     FusionRegressor,
@@ -35,6 +37,10 @@ def tabular_modalities():
     ]
 
 
+ATTENTION_FAST = dict(
+    d_model=8, n_heads=2, n_tokens=1, max_iter=10, learning_rate_init=0.03, random_state=0
+)
+
 ESTIMATORS = [
     EarlyFusion(tabular_modalities()),
     EarlyFusion(tabular_modalities(), scaling="block"),
@@ -44,10 +50,20 @@ ESTIMATORS = [
     FusionClassifier(tabular_modalities(), fusion="late", cv=3),
     FusionRegressor(tabular_modalities(), fusion="early"),
     FusionRegressor(tabular_modalities(), fusion="late", estimator=Ridge(), cv=3),
+    # a tiny, fast network: the checks fit dozens of times
+    AttentionFusionClassifier(tabular_modalities(), **ATTENTION_FAST),
+    AttentionFusionRegressor(tabular_modalities(), **ATTENTION_FAST),
 ]
 
 
 def expected_failed_checks(estimator):
+    if isinstance(estimator, (AttentionFusionClassifier, AttentionFusionRegressor)):
+        return {
+            "check_sample_weight_equivalence_on_dense_data": (
+                "mini-batch training: a weight of 2 changes the batches, it does not repeat "
+                "the row (as for MLPClassifier)"
+            ),
+        }
     return {}
 
 
