@@ -127,7 +127,7 @@ def main():
         (f"end-to-end, n_jobs={args.threads}", t_parallel, t_torch),
     ]:
         print(
-            f"{label:<18}: ImageEncoder (ONNX Runtime) {n / t_ours:7.1f} img/s | torch eager "
+            f"{label:<21}: ImageEncoder (ONNX Runtime) {n / t_ours:7.1f} img/s | torch eager "
             f"{n / t_theirs:7.1f} img/s | ratio {t_theirs / t_ours:.2f}x"
         )
 
