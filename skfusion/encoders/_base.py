@@ -59,6 +59,8 @@ def row_name(i, labels):
     if labels is None:
         return f"row {i}"
     label = labels[i]
+    if hasattr(label, "item"):  # numpy scalars print as np.int64(11) otherwise
+        label = label.item()
     return f"row {i}" if label == i else f"row {i} (index {label!r})"
 
 
