@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from threadpoolctl import threadpool_limits
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
@@ -33,6 +34,14 @@ ALL_FEATURES = [
     "mfcc", "logmel", "chroma", "contrast", "centroid", "bandwidth", "rolloff", "flatness",
     "zcr", "rms",
 ]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """Small LogisticRegression fits: on a shared 2-core machine, BLAS threads only contend
+    (a 2,700 x 40 fit took 1.3 s with 2 OpenBLAS threads under load, 0.02 s with one)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @pytest.fixture(scope="module")
