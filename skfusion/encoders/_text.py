@@ -289,6 +289,14 @@ class TextEncoder(TransformerMixin, BaseEstimator):
         lazy = getattr(self, "_lazy", None)
         if lazy is None or getattr(self, "_lazy_settings", None) != settings:
             lazy = LazySession(self.onnx_model_, self.device, self.intra_op_num_threads)
+            inputs, outputs = set(lazy.input_names), set(lazy.output_names)
+            if not {"input_ids", "attention_mask"} <= inputs or "token_embeddings" not in outputs:
+                raise ValueError(
+                    "the ONNX model of this TextEncoder is not a text transformer export: it "
+                    f"takes {sorted(inputs)} and gives {sorted(outputs)}, but inputs "
+                    "'input_ids' and 'attention_mask' and an output 'token_embeddings' are "
+                    "needed. Refit the encoder."
+                )
             self._lazy, self._lazy_settings = lazy, settings
         return lazy
 

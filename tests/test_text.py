@@ -1,0 +1,341 @@
+"""Tests of TextEncoder: ONNX backend against sentence-transformers, torch backend, bad input."""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import (
+    check_do_not_raise_errors_in_init_or_set_params,
+    check_estimator_repr,
+    check_mixin_order,
+    check_no_attributes_set_in_init,
+)
+
+from skfusion.datasets import load_clothing_reviews
+from skfusion.encoders import TextEncoder
+from skfusion.encoders._base import EncodingError
+from skfusion.encoders._text import default_text_model
+
+N_REVIEWS = 200
+
+
+def _cosine(a, b):
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    data = load_clothing_reviews()
+    frame = data.frame.dropna(subset=["Review Text"]).iloc[:N_REVIEWS]
+    return frame["Review Text"].tolist(), frame["Recommended IND"].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def onnx_encoder():
+    return TextEncoder(backend="onnx").fit(["fit learns nothing"])
+
+
+@pytest.fixture(scope="module")
+def torch_encoder():
+    return TextEncoder(backend="torch", device="cpu").fit(["fit learns nothing"])
+
+
+@pytest.fixture(scope="module")
+def reference(torch_encoder, reviews):
+    """sentence-transformers' own encode of the reviews."""
+    model = torch_encoder._load_model()
+    return model.encode(reviews[0], batch_size=32, convert_to_numpy=True)
+
+
+@pytest.fixture(scope="module")
+def onnx_embeddings(onnx_encoder, reviews):
+    return onnx_encoder.transform(reviews[0])
+
+
+@pytest.fixture(params=["onnx", "torch"])
+def encoder(request, onnx_encoder, torch_encoder):
+    return {"onnx": onnx_encoder, "torch": torch_encoder}[request.param]
+
+
+# --- the ONNX backend agrees with sentence-transformers ---
+
+
+def test_auto_picks_onnx(onnx_encoder):
+    fitted = TextEncoder().fit(["x"])
+    assert fitted.backend_ == "onnx"
+    assert fitted.onnx_model_ == onnx_encoder.onnx_model_  # one export, from the store
+    assert onnx_encoder.pooling_ == ("mean",)
+    assert onnx_encoder.normalize_ is True  # all-MiniLM-L6-v2 has a Normalize module
+    assert onnx_encoder.max_seq_length_ == 256
+    assert onnx_encoder.embedding_dim_ == 384
+
+
+def test_onnx_matches_sentence_transformers(onnx_embeddings, reference):
+    assert onnx_embeddings.shape == (N_REVIEWS, 384)
+    assert onnx_embeddings.dtype == np.float32
+    assert _cosine(onnx_embeddings, reference).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(onnx_embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_torch_backend_is_sentence_transformers(torch_encoder, reviews, reference):
+    np.testing.assert_allclose(torch_encoder.transform(reviews[0][:20]), reference[:20], atol=1e-5)
+
+
+def test_int8(onnx_encoder, reviews, reference):
+    int8 = TextEncoder(quantize="int8").fit(["x"])
+    assert len(int8.onnx_model_) < 0.7 * len(onnx_encoder.onnx_model_)  # fp32 word embeddings stay
+    cos = _cosine(int8.transform(reviews[0]), reference)
+    assert cos.mean() >= 0.99
+    assert int8._skfusion_fingerprint() != onnx_encoder._skfusion_fingerprint()
+
+
+def test_order_and_batching_do_not_change_output(onnx_encoder, reviews, onnx_embeddings):
+    texts = reviews[0][:40]
+    small = clone(onnx_encoder).set_params(batch_size=7).fit(["x"])
+    np.testing.assert_allclose(small.transform(texts), onnx_embeddings[:40], atol=1e-5)
+    reversed_out = onnx_encoder.transform(texts[::-1])
+    np.testing.assert_allclose(reversed_out[::-1], onnx_embeddings[:40], atol=1e-5)
+
+
+def test_pads_to_longest_in_batch(onnx_encoder):
+    assert '"padding":null' in onnx_encoder.tokenizer_json_.replace(" ", "")
+    values, mask = onnx_encoder.transform_sequence(["hi", "hello there"])
+    # [CLS] hello there [SEP]: 4 tokens, not the tokenizer.json's fixed 128
+    assert values.shape == (2, 4, 384)
+    assert mask.sum(axis=1).tolist() == [3, 4]
+    assert np.all(values[0, 3] == 0)
+
+
+def test_transform_sequence_matches_torch(onnx_encoder, torch_encoder, reviews):
+    texts = reviews[0][:6] + [None]
+    v_onnx, m_onnx = onnx_encoder.transform_sequence(texts)
+    v_torch, m_torch = torch_encoder.transform_sequence(texts)
+    assert v_onnx.shape == v_torch.shape and v_onnx.dtype == np.float32
+    np.testing.assert_array_equal(m_onnx, m_torch)
+    np.testing.assert_allclose(v_onnx[m_onnx], v_torch[m_torch], atol=1e-4)
+    assert np.isnan(v_onnx[-1]).all() and not m_onnx[-1].any()
+
+
+def test_very_long_text_is_truncated(encoder):
+    long_text = "the fabric is soft and the fit is great " * 2000
+    emb = encoder.transform([long_text, "short"])
+    assert np.isfinite(emb).all()
+    _, mask = encoder.transform_sequence([long_text])
+    assert mask.sum() == 256
+
+
+# --- missing and bad input ---
+
+
+def test_missing_rows_are_nan(encoder):
+    out = encoder.transform(pd.Series(["nice dress", None, np.nan, "", "   ", "too small"]))
+    assert np.isnan(out[1:5]).all()
+    assert np.isfinite(out[[0, 5]]).all()
+    empty = encoder.transform([None, ""])
+    assert empty.shape == (2, 384) and np.isnan(empty).all()
+
+
+def test_bad_items(encoder):
+    with pytest.raises(EncodingError, match=r"row 1.*expected a string, got int"):
+        encoder.transform(["fine", 42])
+    with pytest.raises(EncodingError, match=r"row 0 \(index 'a'\).*got list"):
+        encoder.transform(pd.Series([["a", "list"], "ok"], index=["a", "b"]))
+    lenient = clone(encoder).set_params(on_error="missing").fit(["x"])
+    out = lenient.transform(["fine", 42, b"bytes"])
+    assert np.isfinite(out[0]).all() and np.isnan(out[1:]).all()
+
+
+def test_corrupt_onnx_model(onnx_encoder):
+    broken = pickle.loads(pickle.dumps(onnx_encoder))
+    broken.onnx_model_ = onnx_encoder.onnx_model_[: len(onnx_encoder.onnx_model_) // 3]
+    with pytest.raises(ValueError, match="not a valid ONNX model"):
+        broken.transform(["text"])
+
+
+def test_wrong_onnx_model(onnx_encoder):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    wrong = pickle.loads(pickle.dumps(onnx_encoder))
+    wrong.onnx_model_ = model.SerializeToString()
+    with pytest.raises(ValueError, match="not a text transformer export"):
+        wrong.transform(["text"])
+
+
+def test_onnx_backend_needs_a_sentence_transformers_folder(tmp_path):
+    with pytest.raises(ValueError, match="backend='onnx' cannot serve .*modules.json"):
+        TextEncoder(str(tmp_path), backend="onnx").fit(["x"])
+    with pytest.raises(ValueError, match="quantize='int8' needs the ONNX backend"):
+        TextEncoder(backend="torch", quantize="int8").fit(["x"])
+
+
+def test_cuda_without_gpu_is_an_error():
+    import onnxruntime
+    import torch
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(RuntimeError, match="no CUDAExecutionProvider"):
+            TextEncoder(backend="onnx", device="cuda").fit(["x"])
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="torch sees no CUDA GPU"):
+            TextEncoder(backend="torch", device="cuda").fit(["x"])
+
+
+def test_missing_sentence_transformers_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(ImportError, match="pip install sentence-transformers"):
+        TextEncoder(backend="torch", device="cpu").fit(["x"])
+
+
+def test_fit_from_the_store_needs_no_torch(monkeypatch, onnx_encoder):
+    """Once exported, fitting reads the model store: no torch, no sentence-transformers."""
+    for name in ("torch", "sentence_transformers", "transformers"):
+        monkeypatch.setitem(sys.modules, name, None)
+    fitted = TextEncoder(backend="onnx").fit(["x"])
+    np.testing.assert_allclose(
+        fitted.transform(["a warm sweater"]), onnx_encoder.transform(["a warm sweater"]), atol=1e-6
+    )
+
+
+# --- persistence ---
+
+
+def test_pickle_round_trip(encoder, reviews):
+    texts = reviews[0][:5]
+    restored = pickle.loads(pickle.dumps(encoder))
+    for key in ("_model", "_lazy", "_tok"):
+        assert key not in restored.__dict__
+    np.testing.assert_allclose(restored.transform(texts), encoder.transform(texts), atol=1e-6)
+
+
+def test_joblib_pipeline_scores_without_torch(tmp_path, reviews, onnx_encoder):
+    texts, y = reviews[0][:80], reviews[1][:80]
+    pipe = make_pipeline(clone(onnx_encoder), LogisticRegression(max_iter=500))
+    pipe.fit(np.asarray(texts, dtype=object), y)
+    path = tmp_path / "pipe.joblib"
+    joblib.dump(pipe, path)
+    new = reviews[0][100:150] + [None]
+    expected = pipe.predict_proba(np.asarray(new[:-1], dtype=object))
+    np.save(tmp_path / "new.npy", np.asarray(new[:-1], dtype=object), allow_pickle=True)
+    child = textwrap.dedent(
+        f"""
+        import sys
+
+        class Blocker:  # import torch (and the libraries built on it) now fails
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "sentence_transformers", "transformers"):
+                    raise ImportError(f"{{name}} is blocked")
+
+        sys.meta_path.insert(0, Blocker())
+        import joblib, numpy as np
+        pipe = joblib.load({str(path)!r})
+        X = np.load({str(tmp_path / "new.npy")!r}, allow_pickle=True)
+        np.save({str(tmp_path / "proba.npy")!r}, pipe.predict_proba(X))
+        try:
+            import torch
+        except ImportError:
+            print("torch unavailable")
+        print("loaded:", sorted(m for m in sys.modules if m.startswith(("torch", "sentence_tr"))))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "torch unavailable" in result.stdout
+    assert "loaded: []" in result.stdout
+    proba = np.load(tmp_path / "proba.npy")
+    np.testing.assert_allclose(proba, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(proba.argmax(1), expected.argmax(1))
+
+
+# --- scikit-learn conventions ---
+
+
+def test_fit_returns_self_and_attributes(encoder):
+    fresh = clone(encoder)
+    with pytest.raises(NotFittedError):
+        fresh.transform(["x"])
+    assert fresh.fit(["x"]) is fresh
+    assert fresh.backend_ == encoder.get_params()["backend"]
+    assert fresh.model_name_or_path_ == default_text_model()
+    names = fresh.get_feature_names_out()
+    assert names[0] == "0" and names[-1] == "383" and len(names) == 384
+
+
+def test_clone_keeps_params_only(onnx_encoder):
+    twin = clone(onnx_encoder)
+    assert twin.get_params() == onnx_encoder.get_params()
+    assert not hasattr(twin, "embedding_dim_")
+
+
+def test_input_containers_agree(encoder, reviews):
+    texts = reviews[0][:4]
+    base = encoder.transform(texts)
+    for X in (pd.Series(texts), np.asarray(texts, dtype=object), pd.DataFrame({"t": texts})):
+        np.testing.assert_allclose(encoder.transform(X), base, atol=1e-6)
+    with pytest.raises(ValueError, match="one column"):
+        encoder.transform(pd.DataFrame({"a": texts, "b": texts}))
+
+
+def test_set_output_pandas(onnx_encoder):
+    enc = clone(onnx_encoder).set_output(transform="pandas")
+    out = enc.fit_transform(pd.Series(["a", None], index=[10, 11]))
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns[:2]) == ["0", "1"] and out.shape == (2, 384)
+    assert list(out.index) == [10, 11]
+    assert out.loc[11].isna().all()
+
+
+def test_fingerprint(onnx_encoder, torch_encoder):
+    unfitted = TextEncoder(backend="onnx")
+    assert unfitted._skfusion_fingerprint() == onnx_encoder._skfusion_fingerprint()
+    assert onnx_encoder._skfusion_fingerprint() != torch_encoder._skfusion_fingerprint()
+    assert onnx_encoder.model_hash_ in onnx_encoder._skfusion_fingerprint()
+    assert TextEncoder._skfusion_stateless is True
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        check_no_attributes_set_in_init,
+        check_estimator_repr,
+        check_do_not_raise_errors_in_init_or_set_params,
+        check_mixin_order,
+    ],
+)
+def test_sklearn_checks(check):
+    check("TextEncoder", TextEncoder())
+
+
+def test_tags():
+    tags = TextEncoder().__sklearn_tags__()
+    assert tags.input_tags.one_d_array and not tags.input_tags.two_d_array
+    assert tags.input_tags.string
+
+
+@pytest.mark.gpu
+def test_torch_backend_on_cuda(reviews):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    texts = reviews[0][:64]
+    gpu = TextEncoder(backend="torch", device="cuda").fit(["x"])
+    assert str(gpu._load_model().device).startswith("cuda")
+    cpu = TextEncoder(backend="torch", device="cpu").fit(["x"])
+    assert _cosine(gpu.transform(texts), cpu.transform(texts)).min() >= 0.999
