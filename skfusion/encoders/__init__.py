@@ -9,6 +9,7 @@ sentence-transformers, librosa, onnxruntime) only when it first needs it.
 from ._array import ArrayEncoder
 from ._audio import AudioEncoder
 from ._image import ImageEncoder
+from ._onnx import OnnxEncoder
 from ._text import TextEncoder
 
-__all__ = ["ArrayEncoder", "AudioEncoder", "ImageEncoder", "TextEncoder"]
+__all__ = ["ArrayEncoder", "AudioEncoder", "ImageEncoder", "OnnxEncoder", "TextEncoder"]

@@ -1,0 +1,515 @@
+"""OnnxEncoder: any ONNX model as a scikit-learn transformer of a raw-item column."""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+import hashlib
+import os
+from collections.abc import Mapping
+from numbers import Integral
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import EncodingError, _short, column_values, row_name, scatter, split_missing
+
+__all__ = ["OnnxEncoder"]
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _default_preprocess(items):
+    """Stack the items (numbers, vectors or arrays of one shape) into one float32 array."""
+    return np.stack([np.asarray(item, dtype=np.float32) for item in items])
+
+
+def _callable_digest(func):
+    """Identify a callable by its code (not its address), for the fingerprint."""
+    if func is None:
+        return "default"
+    code = getattr(func, "__code__", None)
+    name = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
+    if code is None:
+        return f"{name}:{func!r}"
+    digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
+    return f"{name}:{digest}"
+
+
+def _accept_any(value):
+    return value
+
+
+class _SetupError(ValueError):
+    """A mismatch between preprocess and the model: not the fault of one item."""
+
+
+class _ModelRunError(ValueError):
+    """ONNX Runtime rejected a batch."""
+
+
+class OnnxEncoder(TransformerMixin, BaseEstimator):
+    """Run any ONNX model on a column of raw items: one feature vector per row.
+
+    A ``preprocess`` callable turns a batch of raw items (texts, paths, arrays, ...) into the
+    model's inputs; the chosen output is pooled to one vector per row when it is a sequence
+    ``(n, T, d)`` or a feature map ``(n, C, H, W)``. The model runs on ONNX Runtime (CUDA when
+    available, see :func:`skfusion.runtime.resolve_providers`), and the fitted encoder keeps
+    the model bytes, so a persisted encoder scores anywhere without the original file. Missing
+    rows (``None``, ``NaN``, empty values) give NaN rows.
+
+    Read more in the :ref:`User Guide <runtime>`.
+
+    Parameters
+    ----------
+    model : str, path-like or bytes
+        An ``.onnx`` file or the serialized model.
+
+    preprocess : callable, default=None
+        ``preprocess(items) -> ndarray or dict of str to ndarray``, called on a list of the
+        non-missing items of a batch. One array feeds the model's single input (or the input
+        named by ``input_names``); a dict feeds inputs by name. Arrays are cast to the input's
+        dtype. ``None`` stacks the items (numbers, vectors or equal-shape arrays) as float32.
+        A ``TypeError``/``ValueError`` raised for a batch is traced back to the bad item, which
+        raises an error naming its row (or, with ``on_error="missing"``, becomes missing).
+        Give a module-level function when the encoder is to be pickled.
+
+    input_names : str or dict, default=None
+        A str: the model input that a single array feeds. A dict: maps the keys returned by
+        ``preprocess`` to model input names (keys not in it keep their name).
+
+    output : str or int, default=0
+        The model output to use, by name or position.
+
+    pooling : {"mean", "cls", "max", "none"}, default="mean"
+        How a sequence output ``(n, T, d)`` (or an NCHW feature map ``(n, C, H, W)``, read as
+        ``H*W`` positions of ``C`` channels) becomes one row: mean, first position, element-wise
+        max over the real positions (see ``mask_key``), or ``"none"`` to flatten. 2-D outputs
+        are used as they are.
+
+    mask_key : str, default=None
+        Key of the ``preprocess`` dict holding the padding mask ``(n, T)`` (non-zero = real
+        position) used by pooling and ``transform_sequence``. ``None`` uses
+        ``"attention_mask"`` when the dict has it, else every position is real.
+
+    batch_size : int, default=32
+        Items per model call.
+
+    device : str, default="auto"
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; see
+        :func:`skfusion.runtime.resolve_providers`.
+
+    intra_op_num_threads : int, default=None
+        ONNX Runtime threads; ``None`` uses
+        :func:`skfusion.runtime.default_intra_op_threads`.
+
+    on_error : {"raise", "missing"}, default="raise"
+        What an item that ``preprocess`` rejects does: raise an error naming the row and value,
+        or count as a missing modality.
+
+    Attributes
+    ----------
+    model_bytes_ : bytes
+        The ONNX model.
+
+    output_name_ : str
+        The name of the output used.
+
+    input_names_ : list of str
+        The model's input names.
+
+    embedding_dim_ : int
+        Length of each output row.
+
+    See Also
+    --------
+    skfusion.encoders.TextEncoder : Sentence embeddings on ONNX Runtime.
+    skfusion.runtime.LazySession : The pickle-safe session holder used here.
+
+    Examples
+    --------
+    A model that doubles its input (built with ``onnx.helper``):
+
+    >>> import numpy as np
+    >>> from onnx import TensorProto, helper
+    >>> from skfusion.encoders import OnnxEncoder
+    >>> x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    >>> y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    >>> two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
+    >>> graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["y"])],
+    ...                           "double", [x], [y], [two])
+    >>> model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    >>> model.ir_version = 8
+    >>> encoder = OnnxEncoder(model.SerializeToString(), device="cpu")
+    >>> encoder.fit_transform([[1.0, 2.0], None, np.array([0.5, 0.0])])
+    array([[ 2.,  4.],
+           [nan, nan],
+           [ 1.,  0.]], dtype=float32)
+    """
+
+    _skfusion_stateless = True  # fit learns nothing from the data
+
+    _parameter_constraints: dict = {
+        "model": [str, os.PathLike, bytes],
+        "preprocess": [callable, None],
+        "input_names": [str, Mapping, None],
+        "output": [str, Interval(Integral, 0, None, closed="left")],
+        "pooling": [StrOptions({"mean", "cls", "max", "none"})],
+        "mask_key": [str, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str],
+        "intra_op_num_threads": [Interval(Integral, 1, None, closed="left"), None],
+        "on_error": [StrOptions({"raise", "missing"})],
+    }
+
+    def __init__(
+        self,
+        model,
+        *,
+        preprocess=None,
+        input_names=None,
+        output=0,
+        pooling="mean",
+        mask_key=None,
+        batch_size=32,
+        device="auto",
+        intra_op_num_threads=None,
+        on_error="raise",
+    ):
+        self.model = model
+        self.preprocess = preprocess
+        self.input_names = input_names
+        self.output = output
+        self.pooling = pooling
+        self.mask_key = mask_key
+        self.batch_size = batch_size
+        self.device = device
+        self.intra_op_num_threads = intra_op_num_threads
+        self.on_error = on_error
+
+    # --- session ---
+    def _lazy_session(self):
+        from ..runtime import LazySession
+
+        settings = (self.device, self.intra_op_num_threads)
+        lazy = getattr(self, "_lazy", None)
+        if lazy is None or getattr(self, "_lazy_settings", None) != settings:
+            lazy = LazySession(self.model_bytes_, self.device, self.intra_op_num_threads)
+            self._lazy, self._lazy_settings = lazy, settings
+        return lazy
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_lazy", None)
+        state.pop("_lazy_settings", None)
+        return state
+
+    def _skfusion_fingerprint(self):
+        """A string that identifies this encoder's output (for the embedding cache).
+
+        Returns
+        -------
+        fingerprint : str
+            Digest of the class, output-affecting parameters, model content and the code of
+            ``preprocess``.
+        """
+        from ..runtime import estimator_fingerprint
+
+        model = getattr(self, "model_bytes_", None) or self.model
+        return estimator_fingerprint(
+            self,
+            ignore=("model", "preprocess", "batch_size", "device", "intra_op_num_threads",
+                    "on_error"),
+            model=model,
+            extra=_callable_digest(self.preprocess),
+        )
+
+    # --- fit ---
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Load the model, pick the output and find the output size; nothing is learnt from X.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Raw items; the first non-missing ones are run once when the output size is not
+            fixed by the model.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : OnnxEncoder
+            The fitted encoder.
+        """
+        from ..runtime import make_session
+
+        if isinstance(self.model, (str, os.PathLike)):
+            with open(self.model, "rb") as fh:
+                model_bytes = fh.read()
+        else:
+            model_bytes = bytes(self.model)
+        session = make_session(model_bytes, device="cpu", intra_op_num_threads=1)  # validates
+        outputs = session.get_outputs()
+        names = [o.name for o in outputs]
+        if isinstance(self.output, str):
+            if self.output not in names:
+                raise ValueError(f"the model has no output {self.output!r}; outputs: {names}")
+            out = outputs[names.index(self.output)]
+        else:
+            if self.output >= len(outputs):
+                raise ValueError(f"output={self.output} but the model has outputs {names}")
+            out = outputs[self.output]
+        self.model_bytes_ = model_bytes
+        self.output_name_ = out.name
+        self.input_names_ = [i.name for i in session.get_inputs()]
+        self._input_types = {i.name: i.type for i in session.get_inputs()}
+        self.__dict__.pop("_lazy", None)
+        dim = self._static_dim(out.shape)
+        if dim is None:
+            n, present, items, labels = self._split(X)
+            if not items:
+                raise ValueError(
+                    "OnnxEncoder cannot find the output size: the model does not fix it and X "
+                    "has no non-missing item to run."
+                )
+            rows = self._encode_rows(items[:2], present[:2], labels, None, None)
+            dim = rows.shape[1]
+        self.embedding_dim_ = int(dim)
+        return self
+
+    def _static_dim(self, shape):
+        if not shape or not all(isinstance(s, Integral) for s in shape[1:]):
+            return None
+        if len(shape) == 2:
+            return shape[1]
+        if self.pooling == "none":
+            return int(np.prod(shape[1:]))
+        if len(shape) == 3:
+            return shape[2]
+        if len(shape) == 4:
+            return shape[1]
+        return None
+
+    # --- batches ---
+    def _split(self, X):
+        values, labels = column_values(X, type(self).__name__)
+        present, items = split_missing(
+            values, labels, _accept_any, self.on_error, type(self).__name__
+        )
+        return len(values), present, items, labels
+
+    def _call_preprocess(self, items):
+        func = self.preprocess if self.preprocess is not None else _default_preprocess
+        return func(items)
+
+    def _feeds(self, prepared):
+        """Model feeds and the padding mask (or None) from what ``preprocess`` returned."""
+        if isinstance(prepared, Mapping):
+            mapping = self.input_names if isinstance(self.input_names, Mapping) else {}
+            feeds = {mapping.get(k, k): v for k, v in prepared.items()}
+            key = self.mask_key or "attention_mask"
+            mask = prepared.get(key)
+            if mask is None and self.mask_key is not None:
+                raise _SetupError(f"preprocess returned no {self.mask_key!r} (mask_key)")
+        else:
+            if isinstance(self.input_names, str):
+                name = self.input_names
+            elif len(self.input_names_) == 1:
+                name = self.input_names_[0]
+            else:
+                raise _SetupError(
+                    f"preprocess returned one array but the model takes inputs "
+                    f"{self.input_names_}; return a dict or set input_names."
+                )
+            feeds, mask = {name: prepared}, None
+        unknown = sorted(set(feeds) - set(self.input_names_))
+        if unknown:
+            raise _SetupError(
+                f"preprocess gave {unknown}, which the model does not take (inputs "
+                f"{self.input_names_}); map them with input_names."
+            )
+        types = getattr(self, "_input_types", {})
+        for name, value in feeds.items():
+            dtype = _ORT_DTYPES.get(types.get(name))
+            feeds[name] = np.ascontiguousarray(value, dtype=dtype)
+        return feeds, (None if mask is None else np.asarray(mask))
+
+    def _run_one(self, lazy, items, positions):
+        """Preprocess and run one batch: (positions, raw output, mask)."""
+        feeds, mask = self._feeds(self._call_preprocess(items))
+        try:
+            (out,) = lazy.run([self.output_name_], feeds)
+        except Exception as exc:  # ORT's own exception types
+            raise _ModelRunError(f"the ONNX model failed: {str(exc).strip()[:400]}") from exc
+        if out.shape[0] != len(items):
+            raise _SetupError(
+                f"the model output {self.output_name_!r} has {out.shape[0]} rows for a "
+                f"batch of {len(items)} items"
+            )
+        return positions, np.asarray(out), mask
+
+    def _run_batches(self, items, present, labels):
+        """Yield (positions, raw output, mask) per batch.
+
+        When a batch fails (``preprocess`` or the model rejects it), its items run one by one
+        so that the error names the bad row, or (``on_error="missing"``) only that row is lost.
+        """
+        lazy = self._lazy_session()
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start : start + self.batch_size]
+            positions = present[start : start + self.batch_size]
+            try:
+                result = self._run_one(lazy, batch, positions)
+            except _SetupError:
+                raise
+            except (TypeError, ValueError):
+                result = None
+            if result is not None:
+                yield result
+                continue
+            for j, item in enumerate(batch):
+                try:
+                    result = self._run_one(lazy, [item], positions[j : j + 1])
+                except _SetupError:
+                    raise
+                except (TypeError, ValueError) as exc:
+                    if self.on_error == "missing":
+                        continue
+                    raise EncodingError(
+                        f"OnnxEncoder cannot encode {row_name(positions[j], labels)}: {exc} "
+                        f"(value {_short(item)}). Fix the value, or pass on_error='missing' to "
+                        "treat bad items as a missing modality."
+                    ) from exc
+                yield result
+
+    @staticmethod
+    def _as_sequence(out, mask):
+        if out.ndim == 4:  # NCHW feature map: H*W positions of C channels
+            n, c = out.shape[:2]
+            return out.reshape(n, c, -1).transpose(0, 2, 1), None
+        if mask is not None and mask.shape != out.shape[:2]:
+            mask = None  # the mask does not describe this output's positions
+        return out, mask
+
+    def _pool(self, out, mask):
+        from ..runtime import pool_sequence
+
+        if out.ndim <= 2:
+            return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
+        if self.pooling == "none" or out.ndim > 4:
+            return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
+        values, mask = self._as_sequence(out, mask)
+        return pool_sequence(values, mask, self.pooling)
+
+    def _encode_rows(self, items, present, labels, n, dim):
+        batches = self._run_batches(items, present, labels)
+        pieces = [(kept, self._pool(out, mask)) for kept, out, mask in batches]
+        if n is None:  # fit: just the rows
+            if not pieces:
+                raise ValueError("OnnxEncoder cannot find the output size: every item was bad.")
+            return pieces[0][1]
+        out = np.full((n, dim), np.nan, dtype=np.float32)
+        for kept, rows in pieces:
+            if rows.shape[1] != dim:
+                raise ValueError(f"the model gave {rows.shape[1]} features, expected {dim}")
+            out[kept] = rows
+        return out
+
+    # --- transform ---
+    def transform(self, X):
+        """Run the model on each item; missing (and, with ``on_error="missing"``, bad) rows give NaN.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Raw items: a list, Series, 1-D array or one-column DataFrame.
+
+        Returns
+        -------
+        X_out : ndarray of shape (n_samples, embedding_dim_), dtype float32
+            One row per item.
+        """
+        check_is_fitted(self)
+        n, present, items, labels = self._split(X)
+        if not items:
+            return scatter(n, present, np.empty((0, self.embedding_dim_)), self.embedding_dim_)
+        return self._encode_rows(items, present, labels, n, self.embedding_dim_)
+
+    def transform_sequence(self, X):
+        """The output as a sequence per row, padded to the longest, and its mask.
+
+        Needs a sequence output ``(n, T, d)`` or an NCHW feature map ``(n, C, H, W)`` (then
+        ``T = H * W`` and ``d = C``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,)
+            Raw items.
+
+        Returns
+        -------
+        values : ndarray of shape (n_samples, T, d), dtype float32
+            Padding positions are 0 and missing rows are NaN.
+        mask : ndarray of shape (n_samples, T), dtype bool
+            True for real positions; all False for a missing row.
+        """
+        check_is_fitted(self)
+        n, present, items, labels = self._split(X)
+        pieces = []
+        for kept, out, mask in self._run_batches(items, present, labels) if items else []:
+            if out.ndim not in (3, 4):
+                raise ValueError(
+                    f"transform_sequence needs a sequence output (n, T, d) or (n, C, H, W); "
+                    f"{self.output_name_!r} has shape {out.shape}"
+                )
+            values, mask = self._as_sequence(out, mask)
+            for j, pos in enumerate(kept):
+                length = int(np.count_nonzero(mask[j])) if mask is not None else values.shape[1]
+                keep = mask[j] != 0 if mask is not None else slice(None)
+                pieces.append((pos, values[j][keep][:length]))
+        dim = pieces[0][1].shape[1] if pieces else self.embedding_dim_
+        T = max([p.shape[0] for _, p in pieces], default=1)
+        values = np.zeros((n, T, dim), dtype=np.float32)
+        mask = np.zeros((n, T), dtype=bool)
+        done = np.zeros(n, dtype=bool)
+        for pos, seq in pieces:
+            values[pos, : seq.shape[0]] = seq
+            mask[pos, : seq.shape[0]] = True
+            done[pos] = True
+        values[~done] = np.nan
+        return values, mask
+
+    def get_feature_names_out(self, input_features=None):
+        """Output names ``"0"`` ... ``"<embedding_dim_ - 1>"``.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Ignored.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+            The output dimension names.
+        """
+        check_is_fitted(self)
+        return np.asarray([str(i) for i in range(self.embedding_dim_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = True
+        tags.input_tags.allow_nan = True
+        tags.transformer_tags.preserves_dtype = []
+        return tags
