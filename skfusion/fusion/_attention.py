@@ -59,6 +59,8 @@ def _scatter_sequence(seq, present, width):
     if seq is None:
         return np.zeros((n, 1, width), dtype=np.float32), np.zeros((n, 1), dtype=bool)
     values, mask = seq
+    if present.all():
+        return values, mask
     full = np.zeros((n,) + values.shape[1:], dtype=np.float32)
     full_mask = np.zeros((n, values.shape[1]), dtype=bool)
     full[present] = values
@@ -251,9 +253,11 @@ class _BaseAttentionFusion(_BaseFusion):
         presence = presence.copy()
         for j, (feat, seq) in enumerate(zip(features, self._sequence)):
             values, tok_valid = (feat[0], feat[1]) if seq else (feat, None)
+            z = np.array(values, dtype=np.float32)  # one copy, standardised in place
             with np.errstate(all="ignore"):
-                z = (np.asarray(values, dtype=np.float32) - self._means[j]) / self._scales[j]
-            z = np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
+                z -= self._means[j]
+                z /= self._scales[j]
+            z[~np.isfinite(z)] = 0.0
             if seq:
                 presence[:, j] &= tok_valid.any(axis=1)
                 z[~tok_valid] = 0.0

@@ -86,6 +86,13 @@ def _masked_softmax(xp, s, mask):
     return e / xp.sum(e, axis=-1, keepdims=True)
 
 
+def _linear(xp, X, W, b):
+    """``X @ W + b`` over the last axis, as one 2-D product (numpy's stacked matmul with a
+    wide inner axis is up to 40 times slower than the same product on the flattened rows)."""
+    shape = tuple(X.shape[:-1]) + (W.shape[1],)
+    return xp.reshape(xp.matmul(xp.reshape(X, (-1, X.shape[-1])), W), shape) + b
+
+
 def _relu(xp, x):
     return xp.where(x > 0, x, x * 0)
 
@@ -161,7 +168,7 @@ def forward(
     tokens, spans, start = [], [], 0
     for j, X in enumerate(inputs):
         tok = P[f"m{j}.tok"]
-        H = xp.matmul(X, P[f"m{j}.W"]) + P[f"m{j}.b"]
+        H = _linear(xp, X, P[f"m{j}.W"], P[f"m{j}.b"])
         if X.ndim == 2:  # pooled vector -> n_tokens tokens
             H = xp.reshape(H, (n, tok.shape[0], tok.shape[1]))
         tokens.append(H + tok)
@@ -177,16 +184,16 @@ def forward(
 
     for i in range(n_layers):
         p = f"l{i}."
-        Q = heads(xp.matmul(H, P[p + "Wq"]) + P[p + "bq"])
-        K = heads(xp.matmul(H, P[p + "Wk"]) + P[p + "bk"])
-        V = heads(xp.matmul(H, P[p + "Wv"]) + P[p + "bv"])
+        Q = heads(_linear(xp, H, P[p + "Wq"], P[p + "bq"]))
+        K = heads(_linear(xp, H, P[p + "Wk"], P[p + "bk"]))
+        V = heads(_linear(xp, H, P[p + "Wv"], P[p + "bv"]))
         out, maps = _cross_attention(xp, Q, K, V, spans, token_valid, 1.0 / math.sqrt(dh))
         if keep_attention:
             attention.append(_modality_shares(xp, maps, spans, token_valid))
         out = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (n, L, d))
-        out = xp.matmul(out, P[p + "Wo"]) + P[p + "bo"]
+        out = _linear(xp, out, P[p + "Wo"], P[p + "bo"])
         H = _layer_norm(xp, H + drop(out), P[p + "n1g"], P[p + "n1b"])
-        ff = xp.matmul(_relu(xp, xp.matmul(H, P[p + "W1"]) + P[p + "b1"]), P[p + "W2"]) + P[p + "b2"]
+        ff = _linear(xp, _relu(xp, _linear(xp, H, P[p + "W1"], P[p + "b1"])), P[p + "W2"], P[p + "b2"])
         H = _layer_norm(xp, H + drop(ff), P[p + "n2g"], P[p + "n2b"])
 
     pooled = []
