@@ -305,6 +305,7 @@ class _BaseAttentionFusion(_BaseFusion):
         features, presence = self._fit_modalities(X, y)
         self._fit_scaling(features, presence)
         data = self._network_data(features, presence)
+        del features  # the standardised copy in data is all training needs
         data["y"] = target
         data["sample_weight"] = sample_weight.astype(np.float32)
 
@@ -314,23 +315,21 @@ class _BaseAttentionFusion(_BaseFusion):
             (0 if seq else self.n_tokens, width)
             for seq, width in zip(self._sequence, self._widths)
         ]
-        self._d_ff = self.dim_feedforward or 2 * self.d_model
+        d_ff = self.dim_feedforward or 2 * self.d_model
         params = init_params(
-            rng, layout, d_model=self.d_model, n_layers=self.n_layers, d_ff=self._d_ff, n_out=n_out
+            rng, layout, d_model=self.d_model, n_layers=self.n_layers, d_ff=d_ff, n_out=n_out
         )
         train_rows, val_rows = self._split(target, rng)
 
-        from ._attention_train import _Trainer  # torch is imported there, at fit time only
-
+        # torch is imported by these, at fit time only
         from ..encoders._text import resolve_device
+        from ._attention_train import _Trainer
 
         trainer = _Trainer(self, self._task, resolve_device(self.device), rng)
         self._weights, self.loss_curve_, self.validation_loss_curve_, self.n_iter_ = trainer.fit(
             params, data, train_rows, val_rows
         )
-        self.best_loss_ = float(
-            np.min(self.validation_loss_curve_ or self.loss_curve_)
-        )
+        self.best_loss_ = float(np.min(self.validation_loss_curve_ or self.loss_curve_))
         return self
 
     def _split(self, target, rng):
