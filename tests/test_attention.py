@@ -315,3 +315,16 @@ def test_text_sequences_on_real_reviews(reviews):
     with_long = clf.predict_proba(test.loc[[short, longest]])[:1]
     np.testing.assert_allclose(alone, with_long, rtol=1e-4, atol=1e-6)
     assert clf.score(test.iloc[1:], y[61:]) >= 0.6
+
+
+def test_fusion_regressor_attention_and_sequences_flag_without_sequences():
+    from skfusion import FusionRegressor
+
+    X, _ = xor_data(120, seed=5)
+    y = X["a"] * X["d"]
+    reg = FusionRegressor(two_modalities(), fusion="attention", random_state=0,
+                          attention_params=dict(FAST, max_iter=3, use_sequences=True))
+    pred = reg.fit(X, y).predict(X.iloc[:7])
+    assert isinstance(reg.estimator_, AttentionFusionRegressor)
+    assert reg.estimator_._sequence == [False, False]  # no transformer has transform_sequence
+    assert pred.shape == (7,) and np.isfinite(pred).all()
