@@ -17,9 +17,17 @@ from sklearn.utils.estimator_checks import (
     check_no_attributes_set_in_init,
 )
 
+import skfusion
 from skfusion.datasets import load_clothing_reviews
 from skfusion.encoders import OnnxEncoder, TextEncoder
 from skfusion.encoders._base import EncodingError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_embedding_cache():
+    """These tests check what the encoder computes, so rows must not come from the cache."""
+    with skfusion.config_context(cache=False):
+        yield
 
 
 def _model(nodes, inputs, outputs, initializers=()):

@@ -22,6 +22,7 @@ from sklearn.utils.estimator_checks import (
     check_no_attributes_set_in_init,
 )
 
+import skfusion
 from skfusion.datasets import load_clothing_reviews
 from skfusion.encoders import TextEncoder
 from skfusion.encoders._base import EncodingError
@@ -32,6 +33,13 @@ N_REVIEWS = 200
 
 def _cosine(a, b):
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_embedding_cache():
+    """These tests check what the encoder computes, so rows must not come from the cache."""
+    with skfusion.config_context(cache=False):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._utils import import_optional_dependency
+from ..runtime._cache import cached_encode
 from ._base import column_values, scatter, split_missing
 
 __all__ = ["TextEncoder", "default_text_model"]
@@ -421,10 +422,9 @@ class TextEncoder(TransformerMixin, BaseEstimator):
         n, present, texts = self._split(X)
         if not texts:
             rows = np.empty((0, self.embedding_dim_), dtype=np.float32)
-        elif self.backend_ == "onnx":
-            rows = self._encode_onnx(texts)
-        else:
-            rows = self._encode_torch(texts)
+        else:  # the embedding cache passes only the texts it has not seen to the backend
+            backend = self._encode_onnx if self.backend_ == "onnx" else self._encode_torch
+            rows = cached_encode(self, texts, backend)
         return scatter(n, present, rows, self.embedding_dim_)
 
     def _encode_torch(self, texts):
