@@ -328,3 +328,18 @@ def test_fusion_regressor_attention_and_sequences_flag_without_sequences():
     assert isinstance(reg.estimator_, AttentionFusionRegressor)
     assert reg.estimator_._sequence == [False, False]  # no transformer has transform_sequence
     assert pred.shape == (7,) and np.isfinite(pred).all()
+
+
+def test_rows_with_every_modality_missing_train_and_predict():
+    # modality dropout must not pick from an empty set when a row has nothing present
+    rng = np.random.RandomState(0)
+    X = pd.DataFrame(rng.randn(80, 2), columns=["a", "b"])
+    X.loc[:9, ["a", "b"]] = np.nan
+    y = (X["a"].fillna(0) > 0).astype(int)
+    clf = AttentionFusionClassifier(
+        [("tab", "passthrough", ["a", "b"])], modality_dropout=0.5, max_iter=5, random_state=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    assert np.isfinite(clf.predict_proba(X)).all()

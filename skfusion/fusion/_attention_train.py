@@ -20,7 +20,7 @@ def drop_modalities(rng, present, rate):
     if rate <= 0:
         return present
     keep = present & (rng.random(present.shape) >= rate)
-    lost = ~keep.any(axis=1)
+    lost = ~keep.any(axis=1) & present.any(axis=1)  # rows with nothing present stay so
     for i in np.flatnonzero(lost):
         keep[i, rng.choice(np.flatnonzero(present[i]))] = True
     return keep
