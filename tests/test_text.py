@@ -339,7 +339,8 @@ def test_tags():
 
 @pytest.mark.gpu
 def test_torch_backend_on_cuda(reviews):
-    torch = pytest.importorskip("torch")
+    import torch
+
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
     texts = reviews[0][:64]
