@@ -6,7 +6,7 @@ contender gets a short warm-up, then one timed pass (``--repeat`` takes the best
 Prints sentences/s, the ratios to sentence-transformers, and the agreement of the embeddings
 (cosine to sentence-transformers).
 
-Run: ``python benchmarks/bench_text.py [--n 2000] [--threads N] [--repeat 1]``.
+Run: ``python benchmarks/bench_text.py [--n 2000] [--threads N] [--repeat 1] [--column Title]``.
 Targets (DESIGN §7): ONNX fp32 >= 2x, int8 >= 4x sentence-transformers' own encode.
 """
 
@@ -39,6 +39,7 @@ def main():
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=1, help="timed passes (best kept)")
+    parser.add_argument("--column", default="Review Text", help="text column ('Title': short)")
     args = parser.parse_args()
 
     import torch
@@ -52,7 +53,7 @@ def main():
 
     skfusion.set_config(cache=False)  # time the encoders, not the embedding cache
     torch.set_num_threads(args.threads)  # a benchmark script may set the process's threads
-    texts = load_clothing_reviews().data["Review Text"].dropna().iloc[: args.n].tolist()
+    texts = load_clothing_reviews().data[args.column].dropna().iloc[: args.n].tolist()
     n_tokens = None
     model_path = default_text_model()
     st = SentenceTransformer(model_path, device="cpu")
@@ -66,7 +67,7 @@ def main():
     encodings = fp32._tokenize(texts)
     n_tokens = np.array([len(e.ids) for e in encodings])
 
-    print(f"{len(texts)} reviews, tokens per review: mean {n_tokens.mean():.0f}, "
+    print(f"{len(texts)} texts of {args.column!r}, tokens per review: mean {n_tokens.mean():.0f}, "
           f"max {n_tokens.max()}; threads={args.threads}, batch_size={args.batch_size}, "
           f"cpus={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     results = {}
