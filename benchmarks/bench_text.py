@@ -67,7 +67,7 @@ def main():
     encodings = fp32._tokenize(texts)
     n_tokens = np.array([len(e.ids) for e in encodings])
 
-    print(f"{len(texts)} texts of {args.column!r}, tokens per review: mean {n_tokens.mean():.0f}, "
+    print(f"{len(texts)} texts of {args.column!r}, tokens per text: mean {n_tokens.mean():.0f}, "
           f"max {n_tokens.max()}; threads={args.threads}, batch_size={args.batch_size}, "
           f"cpus={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     results = {}
