@@ -116,7 +116,7 @@ class ArrayEncoder(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_flat : ndarray of shape (n_samples, n_features_out_), dtype float32
+        X_flat : ndarray of shape (n_samples, ``n_features_out_``), dtype float32
             One flattened array per row.
         """
         check_is_fitted(self)

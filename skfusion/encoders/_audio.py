@@ -629,7 +629,7 @@ class AudioEncoder(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_feat : ndarray of shape (n_samples, n_features_out_), dtype float32
+        X_feat : ndarray of shape (n_samples, ``n_features_out_``), dtype float32
             The features, in the order of :meth:`get_feature_names_out`.
         """
         check_is_fitted(self)

@@ -653,7 +653,7 @@ class ImageEncoder(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_emb : ndarray of shape (n_samples, embedding_dim_), dtype float32
+        X_emb : ndarray of shape (n_samples, ``embedding_dim_``), dtype float32
             The features.
         """
         check_is_fitted(self)

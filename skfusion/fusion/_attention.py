@@ -512,7 +512,7 @@ _ATTRS_DOC = """
     n_features_in_ : int
         Number of columns in ``X`` during fit.
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names of ``X`` during fit, when it is a DataFrame.
 """
 
