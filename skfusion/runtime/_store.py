@@ -174,6 +174,22 @@ def store_get_or_create(key, build, *, timeout=_STALE_LOCK_S):
     """
     if not isinstance(key, str) or not key:
         raise ValueError("key must be a non-empty str")
+    data = _INTERNED.get((str(model_store_dir()), key))
+    if data is None:
+        data = _get_or_create(key, build, timeout)
+        _INTERNED[(str(model_store_dir()), key)] = data
+        while len(_INTERNED) > _INTERN_MAX:
+            _INTERNED.pop(next(iter(_INTERNED)))
+    return data
+
+
+# Entries handed out in this process, so that encoders built from one model share one bytes
+# object: pickle (and joblib) then write a persisted pipeline's model once, not per encoder.
+_INTERNED = {}
+_INTERN_MAX = 8
+
+
+def _get_or_create(key, build, timeout):
     path = store_path(key)
     data = _read(path)
     if data is not None:
