@@ -415,10 +415,6 @@ def cache_clear(*, disk=False):
     disk : bool, default=False
         Also delete the rows stored under the configured ``cache_dir``.
 
-    Returns
-    -------
-    None
-
     Examples
     --------
     >>> from skfusion.runtime import cache_clear, cache_info
