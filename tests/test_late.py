@@ -1,5 +1,7 @@
 """LateFusion: stacking per modality, cv handling, missing modalities, overrides."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -117,3 +119,15 @@ def test_stateless_transformer_is_encoded_once(reviews):
     ).fit(X, y)
     assert calls == [X["Review Text"].notna().sum()]  # one pass, not one per fold
     assert clf.score(X, y) > 0.8
+
+
+def test_passthrough_modality_predicts_without_warnings(reviews):
+    X, y = reviews
+    clf = LateFusionClassifier(
+        [("num", "passthrough", ["Age", "Rating"]), ("text", TfidfVectorizer(min_df=2), "Review Text")],
+        cv=3,
+    ).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        proba = clf.predict_proba(X.iloc[:20])
+    assert np.isfinite(proba).all()

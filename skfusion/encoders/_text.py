@@ -3,6 +3,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 import os
+import threading
 from numbers import Integral
 from pathlib import Path
 
@@ -20,6 +21,9 @@ __all__ = ["TextEncoder", "default_text_model"]
 HUB_DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
 # bump when the ONNX text pipeline changes what it outputs
 _PIPELINE_VERSION = "text-onnx-1"
+# torch's exporter is not safe to run in two threads at once (threading/dask backends); the
+# model store's file lock already serialises processes.
+_EXPORT_LOCK = threading.Lock()
 
 
 def default_text_model():
@@ -377,10 +381,13 @@ class TextEncoder(TransformerMixin, BaseEstimator):
 
         tokenizers = import_optional_dependency("tokenizers", purpose="TextEncoder")
         key = f"{EXPORT_SETTINGS}|model={self.model_hash_}"
-        model_bytes = store_get_or_create(key, lambda: export_transformer_onnx(info))
-        if self.quantize == "int8":
-            fp32 = model_bytes
-            model_bytes = store_get_or_create(f"{key}|{INT8_SETTINGS}", lambda: quantize_int8(fp32))
+        with _EXPORT_LOCK:
+            model_bytes = store_get_or_create(key, lambda: export_transformer_onnx(info))
+            if self.quantize == "int8":
+                fp32 = model_bytes
+                model_bytes = store_get_or_create(
+                    f"{key}|{INT8_SETTINGS}", lambda: quantize_int8(fp32)
+                )
         tok = tokenizers.Tokenizer.from_file(os.fspath(info["tokenizer_file"]))
         # the bundled tokenizer.json pads every text to a fixed length: pad per batch instead
         tok.no_padding()

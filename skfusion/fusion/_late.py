@@ -291,8 +291,12 @@ def _transform_features(trans, Xm, name):
 
 
 def _predict_modality(pipe, method, Xm, name):
-    """``getattr(pipe, method)(Xm)``, with the transformer's rows through the embedding cache."""
-    if len(pipe) == 2 and hasattr(pipe[0], "_skfusion_fingerprint"):
+    """``getattr(pipe, method)(Xm)``, with the transformer's rows through the embedding cache.
+
+    A stateless transformer's model was trained on ``_fit_transform_features`` output, so its
+    predictions go through ``_transform_features`` too (same conversion, cached rows).
+    """
+    if is_stateless(pipe[0]):
         return getattr(pipe[-1], method)(_transform_features(pipe[0], Xm, name))
     return getattr(pipe, method)(Xm)
 

@@ -271,6 +271,8 @@ def quantize_int8(model_bytes):
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger
+        cwd = os.getcwd()
+        os.chdir(tmp)  # ORT's shape inference may drop temporary files in the working directory
         try:
             quantization.quantize_dynamic(
                 src,
@@ -280,5 +282,6 @@ def quantize_int8(model_bytes):
                 op_types_to_quantize=["MatMul"],
             )
         finally:
+            os.chdir(cwd)
             root.setLevel(level)
         return dst.read_bytes()
