@@ -9,7 +9,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import column_values, scatter, split_missing
+from ._base import RawItemEncoderMixin, column_values, scatter, split_missing
 
 __all__ = ["ArrayEncoder"]
 
@@ -26,7 +26,7 @@ def _as_vector(value):
     return arr
 
 
-class ArrayEncoder(TransformerMixin, BaseEstimator):
+class ArrayEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     """Flatten a column of equal-shape numeric arrays into one feature row per item.
 
     Each row holds one array (for instance an 8x8 image or a precomputed embedding); the output
@@ -63,7 +63,7 @@ class ArrayEncoder(TransformerMixin, BaseEstimator):
            [ 1.,  1.,  1.,  1.]], dtype=float32)
     """
 
-    _skfusion_stateless = True  # fit records the item shape only
+    _accepts_strings = False  # arrays only
 
     _parameter_constraints: dict = {"on_error": [StrOptions({"raise", "missing"})]}
 
@@ -140,10 +140,3 @@ class ArrayEncoder(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         return np.asarray([str(i) for i in range(self.n_features_out_)], dtype=object)
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
-        tags.input_tags.allow_nan = True
-        tags.transformer_tags.preserves_dtype = []
-        return tags

@@ -17,7 +17,15 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._utils import import_optional_dependency
 from ..runtime import estimator_fingerprint
-from ._base import EncodingError, _short, column_values, row_name, scatter, split_missing
+from ._base import (
+    RawItemEncoderMixin,
+    EncodingError,
+    _short,
+    column_values,
+    row_name,
+    scatter,
+    split_missing,
+)
 
 __all__ = ["AudioEncoder"]
 
@@ -206,7 +214,7 @@ def _decode_safe(item, *args):
         return False, str(exc)
 
 
-class AudioEncoder(TransformerMixin, BaseEstimator):
+class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     """Pooled audio features of a column of clips, computed with librosa.
 
     Each row is one clip: a file path (WAV, FLAC, OGG/Vorbis, MP3 - whatever libsndfile
@@ -325,7 +333,6 @@ class AudioEncoder(TransformerMixin, BaseEstimator):
     True
     """
 
-    _skfusion_stateless = True  # fit learns nothing from the data
     _skfusion_items_are_paths = True  # a str item is a file path; its content identifies it
 
     _parameter_constraints: dict = {
@@ -701,11 +708,3 @@ class AudioEncoder(TransformerMixin, BaseEstimator):
             self, ignore=("features", "stats", "batch_size", "n_jobs", "on_error"), extra=extra
         )
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
-        tags.input_tags.string = True
-        tags.input_tags.allow_nan = True
-        tags.transformer_tags.preserves_dtype = []
-        return tags

@@ -4,6 +4,7 @@
 
 import numpy as np
 import pandas as pd
+from sklearn.utils.validation import check_is_fitted
 
 from .._utils import is_missing_item
 
@@ -94,3 +95,43 @@ def scatter(n, present, rows, dim, dtype=np.float32):
     if len(present):
         out[present] = rows
     return out
+
+
+class RawItemEncoderMixin:
+    """What skfusion's encoders share: one column of raw items in, a float32 matrix out.
+
+    Sets the sklearn tags of a 1-D raw-item transformer (strings when ``_accepts_strings``,
+    NaN/None as missing items) and names the outputs ``"0"`` ... ``"<embedding_dim_ - 1>"``,
+    which the fusion estimators prefix with the modality name (``"text__0"``). Goes left of
+    ``TransformerMixin`` in the bases.
+    """
+
+    _skfusion_stateless = True  # fit learns nothing from the data
+    _accepts_strings = True
+
+    def get_feature_names_out(self, input_features=None):
+        """Output names ``"0"`` ... ``"<embedding_dim_ - 1>"``.
+
+        Fusion estimators prefix them with the modality name (``"text__0"``).
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Ignored.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+            The output dimension names.
+        """
+        check_is_fitted(self)
+        return np.asarray([str(i) for i in range(self.embedding_dim_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = self._accepts_strings
+        tags.input_tags.allow_nan = True
+        tags.transformer_tags.preserves_dtype = []
+        return tags

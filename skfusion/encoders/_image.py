@@ -19,7 +19,15 @@ from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
 
 from .._utils import import_optional_dependency
-from ._base import EncodingError, _short, column_values, row_name, scatter, split_missing
+from ._base import (
+    RawItemEncoderMixin,
+    EncodingError,
+    _short,
+    column_values,
+    row_name,
+    scatter,
+    split_missing,
+)
 
 __all__ = ["ImageEncoder", "MOBILENET_V2", "builtin_weights_path"]
 
@@ -291,7 +299,7 @@ def _pool(out, layout, pooling):
     return pool_sequence(tokens, None, pooling)
 
 
-class ImageEncoder(TransformerMixin, BaseEstimator):
+class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     """Embed a column of images with a pretrained CNN run by ONNX Runtime.
 
     Each row is one image: a file path, the encoded bytes of an image file, a PIL image, or an
@@ -413,7 +421,6 @@ class ImageEncoder(TransformerMixin, BaseEstimator):
     array([698, 599])
     """
 
-    _skfusion_stateless = True  # fit learns nothing from the data
     _skfusion_items_are_paths = True  # str items are files: cache keys hash their content
 
     _parameter_constraints: dict = {
@@ -741,29 +748,3 @@ class ImageEncoder(TransformerMixin, BaseEstimator):
             model=_builtin_store_key() if self.model is None else self.model,
         )
 
-    def get_feature_names_out(self, input_features=None):
-        """Output names ``"0"`` ... ``"<embedding_dim_ - 1>"``.
-
-        Fusion estimators prefix them with the modality name (``"image__0"``).
-
-        Parameters
-        ----------
-        input_features : array-like of str or None, default=None
-            Ignored.
-
-        Returns
-        -------
-        feature_names_out : ndarray of str objects
-            The feature dimension names.
-        """
-        check_is_fitted(self)
-        return np.asarray([str(i) for i in range(self.embedding_dim_)], dtype=object)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
-        tags.input_tags.string = True
-        tags.input_tags.allow_nan = True
-        tags.transformer_tags.preserves_dtype = []
-        return tags

@@ -12,7 +12,15 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import EncodingError, _short, column_values, row_name, scatter, split_missing
+from ._base import (
+    RawItemEncoderMixin,
+    EncodingError,
+    _short,
+    column_values,
+    row_name,
+    scatter,
+    split_missing,
+)
 
 __all__ = ["OnnxEncoder"]
 
@@ -57,7 +65,7 @@ class _ModelRunError(ValueError):
     """ONNX Runtime rejected a batch."""
 
 
-class OnnxEncoder(TransformerMixin, BaseEstimator):
+class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     """Run any ONNX model on a column of raw items: one feature vector per row.
 
     A ``preprocess`` callable turns a batch of raw items (texts, paths, arrays, ...) into the
@@ -156,7 +164,6 @@ class OnnxEncoder(TransformerMixin, BaseEstimator):
            [ 1.,  0.]], dtype=float32)
     """
 
-    _skfusion_stateless = True  # fit learns nothing from the data
 
     _parameter_constraints: dict = {
         "model": [str, os.PathLike, bytes],
@@ -489,27 +496,3 @@ class OnnxEncoder(TransformerMixin, BaseEstimator):
         values[~done] = np.nan
         return values, mask
 
-    def get_feature_names_out(self, input_features=None):
-        """Output names ``"0"`` ... ``"<embedding_dim_ - 1>"``.
-
-        Parameters
-        ----------
-        input_features : array-like of str or None, default=None
-            Ignored.
-
-        Returns
-        -------
-        feature_names_out : ndarray of str objects
-            The output dimension names.
-        """
-        check_is_fitted(self)
-        return np.asarray([str(i) for i in range(self.embedding_dim_)], dtype=object)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
-        tags.input_tags.string = True
-        tags.input_tags.allow_nan = True
-        tags.transformer_tags.preserves_dtype = []
-        return tags

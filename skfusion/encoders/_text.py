@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._utils import import_optional_dependency
 from ..runtime._cache import cached_encode
-from ._base import column_values, scatter, split_missing
+from ._base import RawItemEncoderMixin, column_values, scatter, split_missing
 
 __all__ = ["TextEncoder", "default_text_model"]
 
@@ -82,7 +82,7 @@ def _ort_has_cuda():
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
-class TextEncoder(TransformerMixin, BaseEstimator):
+class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     """Embed a column of text with a sentence-transformers model.
 
     Each row is one text; the output is one embedding per row. Missing rows (``None``,
@@ -184,7 +184,6 @@ class TextEncoder(TransformerMixin, BaseEstimator):
     (2, 384)
     """
 
-    _skfusion_stateless = True  # fit learns nothing from the data
 
     _parameter_constraints: dict = {
         "model_name_or_path": [str, os.PathLike, None],
@@ -542,29 +541,3 @@ class TextEncoder(TransformerMixin, BaseEstimator):
         )
         return [tok.detach().cpu().float().numpy() for tok in tokens]
 
-    def get_feature_names_out(self, input_features=None):
-        """Output names ``"0"`` ... ``"<embedding_dim_ - 1>"``.
-
-        Fusion estimators prefix them with the modality name (``"text__0"``).
-
-        Parameters
-        ----------
-        input_features : array-like of str or None, default=None
-            Ignored.
-
-        Returns
-        -------
-        feature_names_out : ndarray of str objects
-            The embedding dimension names.
-        """
-        check_is_fitted(self)
-        return np.asarray([str(i) for i in range(self.embedding_dim_)], dtype=object)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
-        tags.input_tags.string = True
-        tags.input_tags.allow_nan = True
-        tags.transformer_tags.preserves_dtype = []
-        return tags
