@@ -27,7 +27,6 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 master_doc = "index"
 exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py", "**.zip", "**.md5"]
 templates_path = ["_templates"]
-html_static_path = ["_static"]
 html_theme = "alabaster"
 
 autosummary_generate = True

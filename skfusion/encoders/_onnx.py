@@ -443,7 +443,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_out : ndarray of shape (n_samples, embedding_dim_), dtype float32
+        X_out : ndarray of shape (n_samples, ``embedding_dim_``), dtype float32
             One row per item.
         """
         check_is_fitted(self)

@@ -421,7 +421,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_emb : ndarray of shape (n_samples, embedding_dim_), dtype float32
+        X_emb : ndarray of shape (n_samples, ``embedding_dim_``), dtype float32
             The embeddings.
         """
         check_is_fitted(self)
