@@ -19,6 +19,7 @@ from .._utils import import_optional_dependency
 from ..runtime import estimator_fingerprint
 from ._base import (
     RawItemEncoderMixin,
+    pad_sequences,
     EncodingError,
     _short,
     column_values,
@@ -666,20 +667,12 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         values, labels, present, items = self._split(X)
         n, d = len(values), len(self.frame_feature_names_)
-        seqs = {}
-        for rows, clips in self._decode_all(values, labels, present, items):
-            for row, mat in zip(rows, self._frame_features(clips)):
-                seqs[row] = mat.T
-        T = max([s.shape[0] for s in seqs.values()], default=1)
-        out = np.zeros((n, T, d), dtype=np.float32)
-        mask = np.zeros((n, T), dtype=bool)
-        missing = np.ones(n, dtype=bool)
-        missing[list(seqs)] = False
-        out[missing] = np.nan
-        for row, seq in seqs.items():
-            out[row, : seq.shape[0]] = seq
-            mask[row, : seq.shape[0]] = True
-        return out, mask
+        pieces = [
+            (row, mat.T)
+            for rows, clips in self._decode_all(values, labels, present, items)
+            for row, mat in zip(rows, self._frame_features(clips))
+        ]
+        return pad_sequences(n, pieces, d)
 
     def get_feature_names_out(self, input_features=None):
         """Return the output names, like ``"mfcc_3_mean"``, ``"zcr_std"``, ``"logmel_10_p90"``.

@@ -97,6 +97,25 @@ def scatter(n, present, rows, dim, dtype=np.float32):
     return out
 
 
+def pad_sequences(n, pieces, dim):
+    """Stack variable-length sequences into ``transform_sequence``'s (values, mask).
+
+    ``pieces`` holds ``(row, array of shape (length, dim))`` pairs. Rows without a piece are
+    missing: NaN values and an all-False mask. Padding positions are 0 and masked out.
+    """
+    pieces = list(pieces)
+    T = max([seq.shape[0] for _, seq in pieces], default=1)
+    values = np.zeros((n, T, dim), dtype=np.float32)
+    mask = np.zeros((n, T), dtype=bool)
+    missing = np.ones(n, dtype=bool)
+    for row, seq in pieces:
+        values[row, : seq.shape[0]] = seq
+        mask[row, : seq.shape[0]] = True
+        missing[row] = False
+    values[missing] = np.nan
+    return values, mask
+
+
 class RawItemEncoderMixin:
     """What skfusion's encoders share: one column of raw items in, a float32 matrix out.
 

@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import (
     RawItemEncoderMixin,
+    pad_sequences,
     EncodingError,
     _short,
     column_values,
@@ -485,14 +486,5 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 keep = mask[j] != 0 if mask is not None else slice(None)
                 pieces.append((pos, values[j][keep][:length]))
         dim = pieces[0][1].shape[1] if pieces else self.embedding_dim_
-        T = max([p.shape[0] for _, p in pieces], default=1)
-        values = np.zeros((n, T, dim), dtype=np.float32)
-        mask = np.zeros((n, T), dtype=bool)
-        done = np.zeros(n, dtype=bool)
-        for pos, seq in pieces:
-            values[pos, : seq.shape[0]] = seq
-            mask[pos, : seq.shape[0]] = True
-            done[pos] = True
-        values[~done] = np.nan
-        return values, mask
+        return pad_sequences(n, pieces, dim)
 

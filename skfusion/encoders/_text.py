@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._utils import import_optional_dependency
 from ..runtime._cache import cached_encode
-from ._base import RawItemEncoderMixin, column_values, scatter, split_missing
+from ._base import RawItemEncoderMixin, pad_sequences, column_values, scatter, split_missing
 
 __all__ = ["TextEncoder", "default_text_model"]
 
@@ -512,16 +512,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         else:
             pieces = list(zip(present, self._torch_tokens(texts)))
         dim = pieces[0][1].shape[1] if pieces else self._token_dim()
-        T = max([p.shape[0] for _, p in pieces], default=1)
-        values = np.zeros((n, T, dim), dtype=np.float32)
-        mask = np.zeros((n, T), dtype=bool)
-        missing = np.ones(n, dtype=bool)
-        missing[present] = False
-        values[missing] = np.nan
-        for i, arr in pieces:
-            values[i, : arr.shape[0]] = arr
-            mask[i, : arr.shape[0]] = True
-        return values, mask
+        return pad_sequences(n, pieces, dim)
 
     def _token_dim(self):
         if self.backend_ == "onnx" and self.pooling_:
