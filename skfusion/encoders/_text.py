@@ -14,13 +14,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._utils import import_optional_dependency
 from ..runtime._cache import cached_encode
-from ._base import RawItemEncoderMixin, pad_sequences, column_values, scatter, split_missing
+from ._base import RawItemEncoderMixin, column_values, pad_sequences, scatter, split_missing
 
 __all__ = ["TextEncoder", "default_text_model"]
 
 HUB_DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
 # bump when the ONNX text pipeline changes what it outputs
-_PIPELINE_VERSION = "text-onnx-1"
+_PIPELINE_VERSION = "text-onnx-2"
 # torch's exporter is not safe to run in two threads at once (threading/dask backends); the
 # model store's file lock already serialises processes.
 _EXPORT_LOCK = threading.Lock()
@@ -62,6 +62,45 @@ def resolve_device(device):
     return device
 
 
+def length_batches(lengths, batch_size):
+    """Row indices in batches of at most ``batch_size``, by increasing length.
+
+    A batch ends early where the length changes once it holds ``batch_size // 4`` rows or
+    more, so that most batches hold texts of one length: they need no padding and the model
+    skips its attention mask. Smaller runs of one length share a batch (padded).
+
+    Parameters
+    ----------
+    lengths : ndarray of shape (n,), dtype int
+        Tokens per text.
+    batch_size : int
+        Largest batch.
+
+    Returns
+    -------
+    batches : list of ndarray of int
+        Row indices, every row exactly once.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion.encoders._text import length_batches
+    >>> [b.tolist() for b in length_batches(np.array([5, 3, 5, 3, 3, 9]), 12)]
+    [[1, 3, 4], [0, 2, 5]]
+    """
+    order = np.argsort(lengths, kind="stable")
+    min_rows = max(batch_size // 4, 1)
+    cuts = []
+    start = 0
+    for pos in range(1, len(order)):
+        size = pos - start
+        new_length = lengths[order[pos]] != lengths[order[pos - 1]]
+        if size == batch_size or (new_length and size >= min_rows):
+            cuts.append(pos)
+            start = pos
+    return np.split(order, cuts) if len(order) else []
+
+
 def _check_text(value):
     if isinstance(value, np.str_):
         value = str(value)
@@ -89,10 +128,13 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     ``NaN`` or an empty/blank string) give a row of NaN, which the fusion estimators treat as a
     missing modality.
 
-    The default ONNX backend exports the model's transformer to ONNX once (with torch; the
-    bytes are cached in the model store, see :func:`skfusion.runtime.model_store_dir`) and runs
-    it with ONNX Runtime: texts are tokenised with the ``tokenizers`` library, sorted by length
-    and padded to the longest text of each batch, truncated at the model's ``max_seq_length``,
+    The default ONNX backend turns the model's transformer into ONNX once (the bytes are cached
+    in the model store, see :func:`skfusion.runtime.model_store_dir`): BERT models (such as
+    all-MiniLM-L6-v2) get a graph of ONNX Runtime's fused kernels written from their weights
+    without torch, other models are exported with torch. ONNX Runtime then runs it: texts are
+    tokenised with the ``tokenizers`` library, sorted by length and batched by length (most
+    batches need no padding; the others are padded to their longest text), truncated at the
+    model's ``max_seq_length``,
     then pooled (mean / CLS / max, from the model's ``1_Pooling/config.json``) and normalised
     when the model has a ``Normalize`` module. The fitted encoder keeps the ONNX bytes and the
     tokenizer, so a persisted encoder scores without torch or sentence-transformers. The torch
@@ -159,6 +201,11 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     onnx_model_ : bytes or None
         The ONNX model (int8 when ``quantize="int8"``); None for the torch backend.
 
+    onnx_graph_ : str or None
+        How the ONNX model was made: ``"fused-bert"`` (BERT models: a graph of ONNX Runtime's
+        fused kernels written from the weights, no torch needed) or ``"torch-export"`` (other
+        models: torch's exporter, then ONNX Runtime's int8 quantiser); None for torch.
+
     tokenizer_json_ : str or None
         The tokenizer (padding off, truncation at ``max_seq_length_``); None for torch.
 
@@ -183,7 +230,6 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     >>> encoder.fit_transform(["soft and warm", None]).shape  # doctest: +SKIP
     (2, 384)
     """
-
 
     _parameter_constraints: dict = {
         "model_name_or_path": [str, os.PathLike, None],
@@ -287,12 +333,17 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         return self._model
 
     def _onnx_session(self):
-        from ..runtime import LazySession
+        from ..runtime import LazySession, resolve_providers
+        from ..runtime._bert import CPU_DISABLED_OPTIMIZERS
 
         settings = (self.device, self.intra_op_num_threads)
         lazy = getattr(self, "_lazy", None)
         if lazy is None or getattr(self, "_lazy_settings", None) != settings:
-            lazy = LazySession(self.onnx_model_, self.device, self.intra_op_num_threads)
+            disabled = ()
+            fused = getattr(self, "onnx_graph_", None) == "fused-bert"
+            if fused and resolve_providers(self.device) == ["CPUExecutionProvider"]:
+                disabled = CPU_DISABLED_OPTIMIZERS
+            lazy = LazySession(self.onnx_model_, self.device, self.intra_op_num_threads, disabled)
             inputs, outputs = set(lazy.input_names), set(lazy.output_names)
             if not {"input_ids", "attention_mask"} <= inputs or "token_embeddings" not in outputs:
                 raise ValueError(
@@ -364,6 +415,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             dim = int(model.encode(["x"], convert_to_numpy=True).shape[1])
         self.embedding_dim_ = int(dim)
         self.onnx_model_ = None
+        self.onnx_graph_ = None
         self.tokenizer_json_ = None
         self.max_seq_length_ = None
         self.pooling_ = None
@@ -371,6 +423,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
     def _fit_onnx(self, info):
         from ..runtime import store_get_or_create
+        from ..runtime._bert import BERT_GRAPH_SETTINGS, bert_graph_support, build_bert_onnx
         from ..runtime._export import (
             EXPORT_SETTINGS,
             INT8_SETTINGS,
@@ -379,14 +432,22 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         )
 
         tokenizers = import_optional_dependency("tokenizers", purpose="TextEncoder")
-        key = f"{EXPORT_SETTINGS}|model={self.model_hash_}"
-        with _EXPORT_LOCK:
-            model_bytes = store_get_or_create(key, lambda: export_transformer_onnx(info))
-            if self.quantize == "int8":
-                fp32 = model_bytes
-                model_bytes = store_get_or_create(
-                    f"{key}|{INT8_SETTINGS}", lambda: quantize_int8(fp32)
-                )
+        folder = info["transformer_dir"]
+        if bert_graph_support(folder) is None:
+            # BERT family: the fused graph written from the weights (no torch needed)
+            key = f"{BERT_GRAPH_SETTINGS}|quantize={self.quantize}|model={self.model_hash_}"
+            model_bytes = store_get_or_create(key, lambda: build_bert_onnx(folder, self.quantize))
+            self.onnx_graph_ = "fused-bert"
+        else:
+            key = f"{EXPORT_SETTINGS}|model={self.model_hash_}"
+            with _EXPORT_LOCK:
+                model_bytes = store_get_or_create(key, lambda: export_transformer_onnx(info))
+                if self.quantize == "int8":
+                    fp32 = model_bytes
+                    model_bytes = store_get_or_create(
+                        f"{key}|{INT8_SETTINGS}", lambda: quantize_int8(fp32)
+                    )
+            self.onnx_graph_ = "torch-export"
         tok = tokenizers.Tokenizer.from_file(os.fspath(info["tokenizer_file"]))
         # the bundled tokenizer.json pads every text to a fixed length: pad per batch instead
         tok.no_padding()
@@ -454,12 +515,10 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         """Token embeddings per batch, in length order: yields (row indices, values, mask)."""
         encodings = self._tokenize(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.intp, count=len(texts))
-        order = np.argsort(lengths, kind="stable")
         lazy = self._onnx_session()
         names = set(lazy.input_names)
         batches = []
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        for rows in length_batches(lengths, self.batch_size):
             width = int(lengths[rows].max())
             ids = np.zeros((len(rows), width), dtype=np.int64)
             types = np.zeros_like(ids)
@@ -531,4 +590,3 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             show_progress_bar=self.verbose,
         )
         return [tok.detach().cpu().float().numpy() for tok in tokens]
-

@@ -132,7 +132,7 @@ def _load_error(exc):
     )
 
 
-def make_session(model_bytes, *, device="auto", intra_op_num_threads=None):
+def make_session(model_bytes, *, device="auto", intra_op_num_threads=None, disabled_optimizers=()):
     """Build an ``onnxruntime.InferenceSession`` with skfusion's settings.
 
     Graph optimisation is fully on, execution is sequential (one intra-op thread pool, no
@@ -147,6 +147,9 @@ def make_session(model_bytes, *, device="auto", intra_op_num_threads=None):
     intra_op_num_threads : int, default=None
         Threads of the intra-op pool. ``None`` uses :func:`default_intra_op_threads`, which
         gives 1 thread inside joblib workers so that parallel encoders do not oversubscribe.
+    disabled_optimizers : sequence of str, default=()
+        Names of ONNX Runtime graph optimisers to turn off (e.g. a fusion whose kernel is
+        slower than the ops it replaces).
 
     Returns
     -------
@@ -190,7 +193,12 @@ def make_session(model_bytes, *, device="auto", intra_op_num_threads=None):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
     try:
-        session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
+        session = ort.InferenceSession(
+            model_bytes,
+            sess_options=options,
+            providers=providers,
+            disabled_optimizers=list(disabled_optimizers) or None,
+        )
     except Exception as exc:  # ORT raises its own pybind exception types
         message = str(exc)
         if "CUDA" in message and kind == "cuda":
@@ -219,6 +227,8 @@ class LazySession:
         See :func:`resolve_providers`.
     intra_op_num_threads : int, default=None
         See :func:`make_session`.
+    disabled_optimizers : sequence of str, default=()
+        See :func:`make_session`.
 
     Attributes
     ----------
@@ -238,10 +248,13 @@ class LazySession:
     'cpu'
     """
 
-    def __init__(self, model_bytes, device="auto", intra_op_num_threads=None):
+    def __init__(
+        self, model_bytes, device="auto", intra_op_num_threads=None, disabled_optimizers=()
+    ):
         self.model_bytes = bytes(model_bytes)
         self.device = device
         self.intra_op_num_threads = intra_op_num_threads
+        self.disabled_optimizers = tuple(disabled_optimizers)
         self._session = None
         self._lock = threading.Lock()
 
@@ -255,6 +268,7 @@ class LazySession:
                         self.model_bytes,
                         device=self.device,
                         intra_op_num_threads=self.intra_op_num_threads,
+                        disabled_optimizers=getattr(self, "disabled_optimizers", ()),
                     )
         return self._session
 
