@@ -249,3 +249,19 @@ def test_small_runs_share_a_batch():
     lengths = np.array([4, 5, 6, 7, 8, 9, 9, 9, 9])
     batches = [b.tolist() for b in length_batches(lengths, 16)]  # at least 4 rows before a cut
     assert batches == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+
+
+def test_parallel_batches_match_one_thread(reviews):
+    """On CPU, intra_op_num_threads batches run at once (one thread each): same embeddings, same
+    order, as one batch at a time."""
+    texts = reviews + reviews[:5][::-1]  # 53 texts: several batches of several lengths
+    with skfusion.config_context(cache=False):
+        two = TextEncoder(backend="onnx", device="cpu", intra_op_num_threads=2).fit(["x"])
+        one = TextEncoder(backend="onnx", device="cpu", intra_op_num_threads=1).fit(["x"])
+        assert two._threads() == (1, 2) and one._threads() == (1, 1)
+        assert two._onnx_session().intra_op_num_threads == 1
+        parallel, sequential = two.transform(texts), one.transform(texts)
+        np.testing.assert_allclose(parallel, sequential, atol=1e-5)
+        np.testing.assert_allclose(parallel[-5:], parallel[:5][::-1], atol=1e-5)
+        # one short batch is split so that both threads work
+        assert len(two._run_onnx(reviews[:4])) >= 2

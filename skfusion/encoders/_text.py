@@ -4,6 +4,7 @@
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 from pathlib import Path
 
@@ -175,7 +176,9 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
     intra_op_num_threads : int, default=None
         ONNX Runtime threads; ``None`` uses
-        :func:`skfusion.runtime.default_intra_op_threads` (1 inside joblib workers).
+        :func:`skfusion.runtime.default_intra_op_threads` (1 inside joblib workers). On CPU
+        this many batches run at once, one thread each (faster than one batch on several
+        threads for models of this size); on CUDA it is the session's intra-op thread count.
 
     on_error : {"raise", "missing"}, default="raise"
         What a value that is not text (a number, a list, ...) does: raise an error naming the
@@ -332,18 +335,33 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self._model = st.SentenceTransformer(name, device=resolve_device(self.device))
         return self._model
 
+    def _threads(self):
+        """(session intra-op threads, batches run at once).
+
+        On CPU, ``intra_op_num_threads`` batches run at once, each on one thread: for these
+        small models that is faster than one batch on several threads (whose per-op
+        synchronisation and single-threaded ops leave cores idle). On CUDA, one batch at a time.
+        """
+        from ..runtime import default_intra_op_threads, resolve_providers
+
+        threads = self.intra_op_num_threads or default_intra_op_threads()
+        if resolve_providers(self.device) == ["CPUExecutionProvider"]:
+            return 1, threads
+        return threads, 1
+
     def _onnx_session(self):
         from ..runtime import LazySession, resolve_providers
         from ..runtime._bert import CPU_DISABLED_OPTIMIZERS
 
-        settings = (self.device, self.intra_op_num_threads)
+        session_threads, _ = self._threads()
+        settings = (self.device, session_threads)
         lazy = getattr(self, "_lazy", None)
         if lazy is None or getattr(self, "_lazy_settings", None) != settings:
             disabled = ()
             fused = getattr(self, "onnx_graph_", None) == "fused-bert"
             if fused and resolve_providers(self.device) == ["CPUExecutionProvider"]:
                 disabled = CPU_DISABLED_OPTIMIZERS
-            lazy = LazySession(self.onnx_model_, self.device, self.intra_op_num_threads, disabled)
+            lazy = LazySession(self.onnx_model_, self.device, session_threads, disabled)
             inputs, outputs = set(lazy.input_names), set(lazy.output_names)
             if not {"input_ids", "attention_mask"} <= inputs or "token_embeddings" not in outputs:
                 raise ValueError(
@@ -517,8 +535,11 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.intp, count=len(texts))
         lazy = self._onnx_session()
         names = set(lazy.input_names)
-        batches = []
-        for rows in length_batches(lengths, self.batch_size):
+        _, workers = self._threads()
+        # enough batches for every worker: a single batch would leave the others idle
+        batch_size = min(self.batch_size, -(-len(texts) // workers))
+
+        def run(rows):
             width = int(lengths[rows].max())
             ids = np.zeros((len(rows), width), dtype=np.int64)
             types = np.zeros_like(ids)
@@ -531,8 +552,17 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             feeds = {k: v for k, v in feeds.items() if k in names}
             (values,) = lazy.run(["token_embeddings"], feeds)
-            batches.append((rows, values, mask))
-        return batches
+            return rows, values, mask
+
+        batches = length_batches(lengths, batch_size)
+        if workers == 1 or len(batches) == 1:
+            return [run(rows) for rows in batches]
+        # ONNX Runtime releases the GIL while it runs, so threads run batches in parallel;
+        # the longest batches go first so that no thread is left with one at the end
+        order = sorted(range(len(batches)), key=lambda b: -lengths[batches[b]].sum())
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            done = dict(zip(order, pool.map(run, [batches[b] for b in order])))
+        return [done[b] for b in range(len(batches))]
 
     def _encode_onnx(self, texts):
         from ..runtime import l2_normalize, pool_sequence

@@ -6,7 +6,8 @@ back (its BERT fusion patterns do not match the ``torch.export`` graph). For the
 Runtime's fused CPU/CUDA kernels:
 
 * ``EmbedLayerNormalization`` (word + position + token-type embeddings and their LayerNorm),
-* per layer one ``q|k|v`` product, ``MultiHeadAttention`` (bias and key padding mask inside),
+* per layer the q, k and v products, ``MultiHeadAttention`` (their biases and the key padding
+  mask inside),
   the output product, ``Add`` + ``LayerNormalization``, the intermediate product, ``Gelu``
   (exact erf GELU, opset 20), the output product, ``Add`` + ``LayerNormalization``.
 
@@ -32,7 +33,7 @@ from .._utils import import_optional_dependency
 __all__ = ["BERT_GRAPH_SETTINGS", "bert_graph_support", "build_bert_onnx", "read_safetensors"]
 
 # Everything that changes the written bytes; part of the model-store key.
-BERT_GRAPH_SETTINGS = "skfusion-bert-graph|opset=20|ms=1|mha|int8=dqmm-per-channel-sym|v1"
+BERT_GRAPH_SETTINGS = "skfusion-bert-graph|opset=20|ms=1|mha|int8=dqmm-per-channel-sym|v2"
 
 # On CPU, ONNX Runtime's fused kernels are slower than the plain ops they replace here (measured
 # with onnxruntime 1.32 on (14..32, 77, 384|1536) inputs): SkipLayerNormalization about 3x
@@ -295,13 +296,12 @@ def _write_graph(cfg, weights, int8):
     )
     lowest = g.node("ReduceMin", [mask], "mask_min", keepdims=0)
     unpadded = g.node("Cast", [lowest], "unpadded", to=TensorProto.BOOL)
-    split = g.const("qkv.split", np.array([hidden] * 3, dtype=np.int64))
     for i, layer in enumerate(weights["layers"]):
         n = f"layer{i}"
-        qkv = _product(g, x, layer["qkv_w"], f"{n}.qkv", int8)
-        q, k, v = f"{n}.q", f"{n}.k", f"{n}.v"
-        g.nodes.append(
-            helper.make_node("Split", [qkv, split], [q, k, v], name=f"{n}.qkv/Split", axis=2)
+        # three products rather than one q|k|v product and a Split (measured faster)
+        q, k, v = (
+            _product(g, x, layer["qkv_w"][:, j * hidden : (j + 1) * hidden], f"{n}.{part}", int8)
+            for j, part in enumerate("qkv")
         )
         bias = g.const(f"{n}.qkv.b", layer["qkv_b"])
         branches = {}
