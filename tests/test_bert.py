@@ -7,7 +7,6 @@ import shutil
 import sys
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from safetensors.numpy import save_file
 
@@ -15,6 +14,7 @@ import skfusion
 from skfusion.datasets import load_clothing_reviews
 from skfusion.encoders import TextEncoder
 from skfusion.encoders._text import default_text_model, length_batches
+from skfusion.runtime import make_session
 from skfusion.runtime._bert import (
     CPU_DISABLED_OPTIMIZERS,
     _bert_weights,
@@ -39,11 +39,7 @@ def _cosine(a, b):
 
 
 def _session(model_bytes, disabled=CPU_DISABLED_OPTIMIZERS):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(
-        model_bytes, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
-    )
+    return make_session(model_bytes, device="cpu", disabled_optimizers=disabled)
 
 
 def _feeds(encoder, texts):

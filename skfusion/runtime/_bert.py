@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .._utils import import_optional_dependency
+from ._session import make_session
 
 __all__ = ["BERT_GRAPH_SETTINGS", "bert_graph_support", "build_bert_onnx", "read_safetensors"]
 
@@ -450,7 +451,6 @@ def build_bert_onnx(transformer_dir, quantize=None):
 
 
 def _check_against_numpy(model_bytes, cfg, weights, int8):
-    ort = import_optional_dependency("onnxruntime", purpose="checking the BERT ONNX graph")
     rng = np.random.default_rng(0)
     vocab = weights["embeddings"]["word"].shape[0]
     n_types = weights["embeddings"]["type"].shape[0]
@@ -460,14 +460,7 @@ def _check_against_numpy(model_bytes, cfg, weights, int8):
     ids = ids * mask
     types = (rng.integers(0, n_types, size=ids.shape) * mask).astype(np.int64)
     expected = numpy_bert_forward(cfg, weights, ids, mask, types)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        model_bytes,
-        options,
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS),
-    )
+    session = make_session(model_bytes, device="cpu", disabled_optimizers=CPU_DISABLED_OPTIMIZERS)
     padded = session.run(
         ["token_embeddings"],
         {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
