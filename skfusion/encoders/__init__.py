@@ -8,8 +8,16 @@ sentence-transformers, librosa, onnxruntime) only when it first needs it.
 
 from ._array import ArrayEncoder
 from ._audio import AudioEncoder
+from ._base import EncodingError
 from ._image import ImageEncoder
 from ._onnx import OnnxEncoder
 from ._text import TextEncoder
 
-__all__ = ["ArrayEncoder", "AudioEncoder", "ImageEncoder", "OnnxEncoder", "TextEncoder"]
+__all__ = [
+    "ArrayEncoder",
+    "AudioEncoder",
+    "EncodingError",
+    "ImageEncoder",
+    "OnnxEncoder",
+    "TextEncoder",
+]

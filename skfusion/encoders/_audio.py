@@ -20,10 +20,8 @@ from ..runtime import estimator_fingerprint
 from ._base import (
     RawItemEncoderMixin,
     pad_sequences,
-    EncodingError,
-    _short,
     column_values,
-    row_name,
+    raise_encoding_error,
     scatter,
     split_missing,
 )
@@ -488,11 +486,7 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                     keep.append(row)
                     clips.append(result)
                 elif self.on_error == "raise":
-                    raise EncodingError(
-                        f"{type(self).__name__} cannot encode {row_name(row, labels)}: {result} "
-                        f"(value {_short(values[row])}). Fix the value, or pass "
-                        "on_error='missing' to treat bad items as a missing modality."
-                    )
+                    raise_encoding_error(self, row, labels, str(result), values[row])
             yield np.asarray(keep, dtype=np.intp), clips
 
     # ------------------------------------------------------------------ features

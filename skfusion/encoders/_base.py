@@ -7,17 +7,23 @@ import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
 from .._utils import is_missing_item
+from ..exceptions import EncodingError
 
-__all__ = []
-
-
-class EncodingError(ValueError):
-    """A raw item could not be encoded; the message names the row and the value."""
+__all__ = ["EncodingError"]
 
 
 def _short(value, limit=80):
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def raise_encoding_error(encoder, row, labels, reason, value, cause=None):
+    """Raise the :class:`EncodingError` of ``row`` (a position in the X the encoder got)."""
+    label = None if labels is None else labels[row]
+    raise EncodingError(
+        type(encoder).__name__ if not isinstance(encoder, str) else encoder,
+        row, reason, _short(value), label=label,
+    ) from cause
 
 
 def column_values(X, encoder_name):
@@ -55,16 +61,6 @@ def column_values(X, encoder_name):
     return values, labels
 
 
-def row_name(i, labels):
-    """How an error message names row ``i``: its position, and its index label if different."""
-    if labels is None:
-        return f"row {i}"
-    label = labels[i]
-    if hasattr(label, "item"):  # numpy scalars print as np.int64(11) otherwise
-        label = label.item()
-    return f"row {i}" if label == i else f"row {i} (index {label!r})"
-
-
 def split_missing(values, labels, check_item, on_error, encoder_name):
     """Sort items into present (checked) ones and missing ones.
 
@@ -80,11 +76,7 @@ def split_missing(values, labels, check_item, on_error, encoder_name):
         except (TypeError, ValueError) as exc:
             if on_error == "missing":
                 continue
-            raise EncodingError(
-                f"{encoder_name} cannot encode {row_name(i, labels)}: {exc} (value {_short(value)}). "
-                "Fix the value, or pass on_error='missing' to treat bad items as a missing "
-                "modality."
-            ) from exc
+            raise_encoding_error(encoder_name, i, labels, str(exc), value, exc)
         present.append(i)
     return np.asarray(present, dtype=np.intp), items
 

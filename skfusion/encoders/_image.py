@@ -21,10 +21,8 @@ from sklearn.utils.validation import check_is_fitted
 from .._utils import import_optional_dependency
 from ._base import (
     RawItemEncoderMixin,
-    EncodingError,
-    _short,
     column_values,
-    row_name,
+    raise_encoding_error,
     scatter,
     split_missing,
 )
@@ -636,12 +634,10 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                     if isinstance(result, BaseException):
                         if self.on_error == "missing":
                             continue
-                        raise EncodingError(
-                            f"{type(self).__name__} cannot encode {row_name(row, labels)}: "
-                            f"{type(result).__name__}: {result} (value {_short(values[row])}). "
-                            "Fix the value, or pass on_error='missing' to treat bad items "
-                            "as a missing modality."
-                        ) from result
+                        raise_encoding_error(
+                            self, row, labels, f"{type(result).__name__}: {result}",
+                            values[row], result,
+                        )
                     good.append(result)
                     rows.append(row)
                 if good:

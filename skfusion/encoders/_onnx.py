@@ -15,10 +15,8 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import (
     RawItemEncoderMixin,
     pad_sequences,
-    EncodingError,
-    _short,
     column_values,
-    row_name,
+    raise_encoding_error,
     scatter,
     split_missing,
 )
@@ -393,11 +391,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 except (TypeError, ValueError) as exc:
                     if self.on_error == "missing":
                         continue
-                    raise EncodingError(
-                        f"OnnxEncoder cannot encode {row_name(positions[j], labels)}: {exc} "
-                        f"(value {_short(item)}). Fix the value, or pass on_error='missing' to "
-                        "treat bad items as a missing modality."
-                    ) from exc
+                    raise_encoding_error(self, positions[j], labels, str(exc), item, exc)
                 yield result
 
     @staticmethod

@@ -10,7 +10,9 @@ transformers on the rows where their modality is present.
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+import functools
 import numbers
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +31,8 @@ from sklearn.utils.validation import (
 )
 
 from .._utils import is_missing_item, missing_mask_1d
+from ..encoders._base import RawItemEncoderMixin
+from ..exceptions import EncodingError
 from ..runtime._cache import cached_transform
 
 __all__ = []
@@ -307,7 +311,7 @@ class _BaseFusion(_BaseComposition):
 
     @staticmethod
     def _take(Xm, rows):
-        if isinstance(Xm, pd.DataFrame):
+        if isinstance(Xm, (pd.DataFrame, pd.Series)):
             return Xm.iloc[rows]
         return Xm[rows]
 
@@ -320,8 +324,60 @@ class _BaseFusion(_BaseComposition):
                 continue
             Xm = self._select(X, mod)
             present = self._presence(Xm, mod.is_1d)
-            out.append((self._take(Xm, np.flatnonzero(present)), present))
+            rows = np.flatnonzero(present)
+            Xm = self._take(Xm, rows)
+            if mod.is_1d and _names_rows(mod.transformer):
+                # A Series indexed by row position in X: whatever subset of it an encoder ends
+                # up with (rows the cache has not seen, a CV fold), its EncodingError carries
+                # the position in X as the label, and `fusion_rows` names the user's row.
+                Xm = pd.Series(Xm, index=rows, copy=False)
+            out.append((Xm, present))
         return out
+
+    def _rows_named(self, X, mod):
+        """Context naming an EncodingError of modality ``mod`` by its row in X."""
+        return fusion_rows(X, mod.name, mod.columns)
+
+    def _in_rows(self, func, X, mod):
+        """``func`` wrapped for a (possibly process) worker: its EncodingError names X's row."""
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        return functools.partial(_call_in_rows, func, index, _modality_text(mod.name, mod.columns))
+
+
+def _names_rows(transformer):
+    """Whether a modality's transformer is (or starts with) one of skfusion's encoders."""
+    if isinstance(transformer, Pipeline):
+        return bool(transformer.steps) and _names_rows(transformer.steps[0][1])
+    return isinstance(transformer, RawItemEncoderMixin)
+
+
+def _modality_text(name, columns):
+    return f"modality {name!r} (column {columns!r})"
+
+
+def _call_in_rows(func, index, modality, *args, **kwargs):
+    try:
+        return func(*args, **kwargs)
+    except EncodingError as exc:
+        raise exc._in_fusion_rows(index, modality) from exc
+
+
+@contextmanager
+def fusion_rows(X, name, columns):
+    """Re-raise an EncodingError with its row named in the fusion estimator's X.
+
+    Parameters
+    ----------
+    X : DataFrame or ndarray
+        The X the user passed (its index labels are named).
+    name, columns : str, object
+        The modality and its columns, named in the message.
+    """
+    try:
+        yield
+    except EncodingError as exc:
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        raise exc._in_fusion_rows(index, _modality_text(name, columns)) from exc
 
 
 def _as_2d_output(Xt, name):
@@ -385,6 +441,29 @@ def _transform_one(transformer, Xm, name):
     return _as_2d_output(cached_transform(transformer, Xm), name)
 
 
+def encoded_presence(block, present):
+    """``present`` less the rows that the transformer returned as all-NaN.
+
+    An encoder with ``on_error="missing"`` turns a bad item into a NaN row: from then on the
+    row is missing that modality, exactly as if the item had been None. ``block`` holds the
+    present rows' outputs (or ``(values, mask)`` token sequences, whose missing rows have an
+    all-False mask).
+    """
+    if block is None or sparse.issparse(block):
+        return present
+    if isinstance(block, tuple):
+        lost = ~np.asarray(block[1]).any(axis=1)
+    elif block.shape[1] == 0 or block.dtype.kind != "f":
+        return present
+    else:
+        lost = np.isnan(block).all(axis=1)
+    if not lost.any():
+        return present
+    present = present.copy()
+    present[np.flatnonzero(present)[lost]] = False
+    return present
+
+
 def scatter_rows(block, present, n_features=None):
     """Place the rows of ``block`` (the present rows) into an (n, d) matrix; absent rows NaN.
 
@@ -426,7 +505,7 @@ def fit_transform_modalities(fusion, X, y=None, *, n_jobs=None):
             )
         trans = mod.transformer if isinstance(mod.transformer, str) else clone(mod.transformer)
         y_m = None if y is None else _take_y(y, present)
-        jobs.append(delayed(_fit_transform_one)(trans, Xm, y_m, mod.name))
+        jobs.append(delayed(fusion._in_rows(_fit_transform_one, X, mod))(trans, Xm, y_m, mod.name))
     results = iter(Parallel(n_jobs=n_jobs)(jobs))
     fitted, blocks, presence = [], [], np.ones((n, len(fusion._modalities)), dtype=bool)
     for j, (mod, (Xm, present)) in enumerate(zip(fusion._modalities, inputs)):
@@ -435,7 +514,7 @@ def fit_transform_modalities(fusion, X, y=None, *, n_jobs=None):
             blocks.append(None)
             continue
         trans, block = next(results)
-        presence[:, j] = present
+        presence[:, j] = encoded_presence(block, present)
         fitted.append((mod.name, trans, mod.columns))
         blocks.append(scatter_rows(block, present))
     return fitted, blocks, presence
@@ -448,7 +527,8 @@ def transform_modalities(fusion, X, fitted, widths, *, n_jobs=None):
     for j, ((name, trans, _), (Xm, present)) in enumerate(zip(fitted, inputs)):
         if Xm is None:
             continue
-        jobs.append(delayed(_transform_one)(trans, Xm, name))
+        transform_one = fusion._in_rows(_transform_one, X, fusion._modalities[j])
+        jobs.append(delayed(transform_one)(trans, Xm, name))
         slots.append(j)
     results = Parallel(n_jobs=n_jobs)(jobs)
     n = X.shape[0]
@@ -456,7 +536,7 @@ def transform_modalities(fusion, X, fitted, widths, *, n_jobs=None):
     presence = np.ones((n, len(fitted)), dtype=bool)
     for j, block in zip(slots, results):
         present = inputs[j][1]
-        presence[:, j] = present
+        presence[:, j] = encoded_presence(block, present)
         if block is not None and block.shape[1] != widths[j]:
             raise ValueError(
                 f"Modality {fitted[j][0]!r}: transformer returned {block.shape[1]} features, "

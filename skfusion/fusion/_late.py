@@ -17,7 +17,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ..runtime._cache import cached_transform
-from ._base import _BaseFusion, _passthrough, _take_y, is_stateless
+from ._base import _BaseFusion, _passthrough, _take_y, encoded_presence, is_stateless
 
 __all__ = ["LateFusionClassifier", "LateFusionRegressor"]
 
@@ -155,22 +155,29 @@ class _BaseLateFusion(_BaseFusion):
             method = self._method_for(est)
             y_m = _take_y(y, present)
             sub_splits = _restrict_splits(splits, present, mod.name)
-            trans = mod.transformer if isinstance(mod.transformer, str) else clone(mod.transformer)
-            if is_stateless(trans):
-                # Fit learns nothing from the data: encode once, cross-validate the model alone.
-                trans, F = _fit_transform_features(trans, Xm, y_m, mod.name)
-                oof = cross_val_predict(
-                    clone(est), F, y_m, cv=sub_splits, method=method, n_jobs=self.n_jobs
-                )
-                est.fit(F, y_m)
-                pipe = Pipeline([("transformer", trans), ("estimator", est)])
-            else:
-                pipe = Pipeline([("transformer", trans), ("estimator", est)])
-                oof = cross_val_predict(
-                    clone(pipe), Xm, y_m, cv=sub_splits, method=method, n_jobs=self.n_jobs
-                )
-                pipe.fit(Xm, y_m)
-                F = _transform_features(pipe[0], Xm, mod.name) if self.passthrough else None
+            with self._rows_named(X, mod):
+                trans = mod.transformer
+                trans = trans if isinstance(trans, str) else clone(trans)
+                if is_stateless(trans):
+                    # Fit learns nothing from the data: encode once, cross-validate the model alone.
+                    trans, F = _fit_transform_features(trans, Xm, y_m, mod.name)
+                    kept = encoded_presence(F, np.ones(F.shape[0], dtype=bool))
+                    if not kept.all():  # on_error="missing" made bad items NaN rows: missing
+                        present = encoded_presence(F, present)
+                        F, y_m = F[kept], _take_y(y, present)
+                        sub_splits = _restrict_splits(splits, present, mod.name)
+                    oof = cross_val_predict(
+                        clone(est), F, y_m, cv=sub_splits, method=method, n_jobs=self.n_jobs
+                    )
+                    est.fit(F, y_m)
+                    pipe = Pipeline([("transformer", trans), ("estimator", est)])
+                else:
+                    pipe = Pipeline([("transformer", trans), ("estimator", est)])
+                    oof = cross_val_predict(
+                        clone(pipe), Xm, y_m, cv=sub_splits, method=method, n_jobs=self.n_jobs
+                    )
+                    pipe.fit(Xm, y_m)
+                    F = _transform_features(pipe[0], Xm, mod.name) if self.passthrough else None
             oof = self._concat_meta(oof, method)
             self.estimators_.append(pipe)
             self.stack_method_.append(method)
@@ -212,23 +219,26 @@ class _BaseLateFusion(_BaseFusion):
             for mod, inp in zip(self._modalities, self._modality_inputs(X))
             if inp[0] is not None
         }
+        mods = {mod.name: mod for mod in self._modalities}
         meta_blocks, pass_blocks, presence = [], [], []
         for j, (name, pipe, method) in enumerate(
             zip(self._active, self.estimators_, self.stack_method_)
         ):
             Xm, present = inputs[name]
-            presence.append(present)
-            if present.any():
-                preds = self._concat_meta(_predict_modality(pipe, method, Xm, name), method)
-            else:
+            preds, F = None, None
+            with self._rows_named(X, mods[name]):
+                if present.any():
+                    preds, kept = _predict_modality(pipe, method, Xm, name)
+                    if self.passthrough:
+                        F = _transform_features(pipe[0], Xm, name)[kept]
+                    present = _narrow(present, kept)
+            if preds is None:
                 preds = np.empty((0, self._fill[j].shape[0]))
-            meta_blocks.append(_scatter(preds, present, self._fill[j]))
+            presence.append(present)
+            meta_blocks.append(_scatter(self._concat_meta(preds, method), present, self._fill[j]))
             if self.passthrough:
-                F = (
-                    _transform_features(pipe[0], Xm, name)
-                    if present.any()
-                    else np.empty((0, self._pass_fill[j].shape[0]))
-                )
+                if F is None:
+                    F = np.empty((0, self._pass_fill[j].shape[0]))
                 pass_blocks.append(_scatter(F, present, self._pass_fill[j]))
         return self._stack(meta_blocks, pass_blocks, np.column_stack(presence))
 
@@ -294,11 +304,25 @@ def _predict_modality(pipe, method, Xm, name):
     """``getattr(pipe, method)(Xm)``, with the transformer's rows through the embedding cache.
 
     A stateless transformer's model was trained on ``_fit_transform_features`` output, so its
-    predictions go through ``_transform_features`` too (same conversion, cached rows).
+    predictions go through ``_transform_features`` too (same conversion, cached rows). Rows
+    the encoder returned as NaN (``on_error="missing"``) are missing that modality: returns
+    the predictions of the rows kept (None if none is) and the boolean mask of those rows.
     """
     if is_stateless(pipe[0]):
-        return getattr(pipe[-1], method)(_transform_features(pipe[0], Xm, name))
-    return getattr(pipe, method)(Xm)
+        F = _transform_features(pipe[0], Xm, name)
+        kept = encoded_presence(F, np.ones(F.shape[0], dtype=bool))
+        preds = getattr(pipe[-1], method)(F[kept]) if kept.any() else None
+        return preds, kept
+    return getattr(pipe, method)(Xm), np.ones(Xm.shape[0], dtype=bool)
+
+
+def _narrow(present, kept):
+    """``present`` with only the ``kept`` ones of its True rows left True."""
+    if kept.all():
+        return present
+    present = present.copy()
+    present[np.flatnonzero(present)[~kept]] = False
+    return present
 
 
 def _densify(Xt):

@@ -41,6 +41,7 @@ import numpy as np
 
 from .._config import get_config
 from .._utils import is_missing_item
+from ..exceptions import EncodingError
 
 try:  # POSIX
     import fcntl
@@ -505,12 +506,18 @@ def _run(fingerprint, keys, compute, name, verbose):
             for lo in range(0, len(todo), _CHUNK):
                 positions = todo[lo : lo + _CHUNK]
                 with _computing():
-                    block = compute(positions)
+                    try:
+                        block = compute(positions)
+                    except EncodingError as exc:  # name the row in the caller's X
+                        raise exc.relocated(positions) from exc
                 block = _as_rows(block, len(positions))
                 pairs = []
                 for pos, row in zip(positions, block):
                     computed[pos] = row
-                    if keys[pos] is not None:
+                    # An all-NaN row is a missing or bad item (on_error="missing"): whether it
+                    # is NaN depends on on_error, which does not change the fingerprint, and a
+                    # bad file may be fixed in place. Such rows are never stored.
+                    if keys[pos] is not None and not _all_nan(row):
                         pairs.append((keys[pos], np.array(row, copy=True)))
                 _memory.put_many(pairs, max_bytes)
                 if disk is not None:
@@ -537,6 +544,10 @@ def _run(fingerprint, keys, compute, name, verbose):
                 row = computed[first[key]]
         out[i] = row
     return out
+
+
+def _all_nan(row):
+    return row.dtype.kind == "f" and row.size > 0 and bool(np.isnan(row).all())
 
 
 @contextmanager
