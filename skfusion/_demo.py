@@ -67,7 +67,9 @@ def run_demo(*, quick=False, cv=None, n_jobs=None, output="skfusion_demo_model.j
     Returns
     -------
     results : dict
-        Test F1, PR-AUC and fit time per model, and whether the reloaded model agreed.
+        Test F1, PR-AUC and fit time per model; ``reload_max_diff``, the largest difference
+        of the reloaded model's probabilities in a fresh process, and ``reloaded_same``,
+        whether it is within ``RELOAD_TOLERANCE``.
     """
     import joblib
     from sklearn.linear_model import LogisticRegression
@@ -172,14 +174,32 @@ def run_demo(*, quick=False, cv=None, n_jobs=None, output="skfusion_demo_model.j
     joblib.dump(best, output)
     _say(f"saved the best model to {output} ({os.path.getsize(output) / 1e6:.1f} MB)", t0)
     expected = best.predict_proba(X_test)
-    same = _score_in_fresh_process(output, expected, X_test)
-    _say(f"reloaded in a fresh process and scored the test split: identical = {same}", t0)
-    results["reloaded_identical"] = same
+    diff, torch_loaded = _score_in_fresh_process(output, expected, X_test)
+    same = diff <= RELOAD_TOLERANCE
+    _say(
+        f"reloaded in a fresh process and scored the test split: largest probability "
+        f"difference {diff:.1e} (tolerance {RELOAD_TOLERANCE:.0e}): "
+        f"{'same' if same else 'DIFFERENT'}; torch imported there: {torch_loaded}",
+        t0,
+    )
+    results["reload_max_diff"] = diff
+    results["reloaded_same"] = same
     return results
 
 
+# The fresh process encodes the test texts in other batches than this one (here the cache
+# already held some of them), and float32 rounding then differs in the last bits: embeddings
+# agree to ~1e-6 of their norm (docs/benchmarks.md). Through a linear or attention head that
+# moves probabilities by well under 1e-5; a real difference (another model, other features,
+# a stale cache) moves them by 1e-2 and more.
+RELOAD_TOLERANCE = 1e-4
+
+
 def _score_in_fresh_process(path, expected, X_test):
-    """Load ``path`` in a new interpreter, score X_test there, compare with ``expected``."""
+    """Load ``path`` in a new interpreter and score X_test there.
+
+    Returns the largest absolute difference to ``expected`` and whether torch was imported.
+    """
     import tempfile
 
     import joblib
@@ -190,7 +210,12 @@ def _score_in_fresh_process(path, expected, X_test):
         code = (
             "import joblib, numpy as np, sys;"
             f"m = joblib.load({path!r}); X = joblib.load({x_path!r});"
-            f"np.save({out_path!r}, m.predict_proba(X))"
+            f"np.save({out_path!r}, m.predict_proba(X));"
+            "print('torch' in sys.modules)"
         )
-        subprocess.run([sys.executable, "-c", code], check=True)
-        return bool(np.array_equal(np.load(out_path), expected))
+        done = subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        )
+        proba = np.load(out_path)
+    diff = float(np.max(np.abs(proba - expected))) if proba.shape == expected.shape else np.inf
+    return diff, done.stdout.strip().splitlines()[-1] == "True"

@@ -37,7 +37,7 @@ def main(argv=None):
         from ._demo import run_demo
 
         results = run_demo(quick=args.quick, cv=args.cv, n_jobs=args.n_jobs, output=args.output)
-        return 0 if results["reloaded_identical"] else 1
+        return 0 if results["reloaded_same"] else 1
     return 2  # pragma: no cover
 
 
