@@ -131,6 +131,21 @@ def test_lazy_session_pickle(model_bytes):
     assert "bytes" in repr(restored)
 
 
+def test_lazy_sessions_of_one_bytes_object_share_a_session(model_bytes):
+    """Two holders of the same bytes and settings (two encoders of a pipeline loaded by
+    joblib, which keeps one bytes object for both) build the session once."""
+    a = LazySession(model_bytes, device="cpu", intra_op_num_threads=1)
+    b = LazySession(model_bytes, device="cpu", intra_op_num_threads=1)
+    assert a.session is b.session
+    # other settings, or equal bytes in another object, get their own session
+    assert LazySession(model_bytes, device="cpu", intra_op_num_threads=2).session is not a.session
+    copy = bytes(bytearray(model_bytes))
+    assert LazySession(copy, device="cpu", intra_op_num_threads=1).session is not a.session
+    # both holders loaded from one pickle share it too
+    c, d = pickle.loads(pickle.dumps([a, b]))
+    assert c.model_bytes is d.model_bytes and c.session is d.session
+
+
 def test_store_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("SKFUSION_HOME", str(tmp_path / "home"))
     assert model_store_dir() == tmp_path / "home" / "models"

@@ -5,6 +5,7 @@
 import multiprocessing
 import os
 import threading
+import weakref
 
 from .._utils import import_optional_dependency
 
@@ -212,6 +213,29 @@ def make_session(model_bytes, *, device="auto", intra_op_num_threads=None, disab
     return session
 
 
+# Sessions by (process, bytes object, settings), alive while a LazySession holds them. The
+# key uses the bytes object's id: while its session lives, a holder keeps those bytes alive,
+# so the id cannot be reused by other bytes (and the entry is checked against the object).
+_sessions = weakref.WeakValueDictionary()
+_sessions_lock = threading.Lock()
+_sessions_bytes = {}
+
+
+def _shared_session(model_bytes, device, threads, disabled):
+    key = (os.getpid(), id(model_bytes), len(model_bytes), device, threads, disabled)
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is not None and _sessions_bytes.get(key) is model_bytes:
+            return session
+        session = make_session(
+            model_bytes, device=device, intra_op_num_threads=threads, disabled_optimizers=disabled
+        )
+        _sessions[key] = session
+        _sessions_bytes[key] = model_bytes
+        weakref.finalize(session, _sessions_bytes.pop, key, None)
+    return session
+
+
 class LazySession:
     """A picklable holder of ONNX model bytes that builds its session on first use.
 
@@ -260,15 +284,21 @@ class LazySession:
 
     @property
     def session(self):
-        """The ``onnxruntime.InferenceSession``, built on first access."""
+        """The ``onnxruntime.InferenceSession``, built on first access.
+
+        Holders of the same bytes object with the same settings share one session in a
+        process (two TextEncoders of one pipeline, clones, a model and its copy loaded by
+        ``joblib.load``, which keeps one bytes object for both): it is built once, and
+        ``InferenceSession.run`` may be called from several threads.
+        """
         if self._session is None:
             with self._lock:
                 if self._session is None:
-                    self._session = make_session(
+                    self._session = _shared_session(
                         self.model_bytes,
-                        device=self.device,
-                        intra_op_num_threads=self.intra_op_num_threads,
-                        disabled_optimizers=getattr(self, "disabled_optimizers", ()),
+                        self.device,
+                        self.intra_op_num_threads,
+                        tuple(getattr(self, "disabled_optimizers", ())),
                     )
         return self._session
 
