@@ -10,7 +10,8 @@ The peer is what a user writes without skfusion::
 AudioEncoder computes the same 40 statistics (its defaults) from stacked, zero-padded batches
 of clips, decoding files in parallel threads with ``n_jobs``. Both sides are warmed up first
 (imports, numba), then timed once each in the same process; the script prints clips/s, the
-speed-up and the largest absolute difference between the two feature matrices.
+speed-up, the largest absolute difference between the two feature matrices and whether
+AudioEncoder's sequential and parallel runs agree bit for bit.
 
 ``--startup`` also times a fresh process's first ``fit_transform`` of one clip, with numba's
 cache warm and with an empty ``NUMBA_CACHE_DIR`` (the cost of the very first call).
@@ -93,6 +94,10 @@ def main():
     print(f"max |AudioEncoder - librosa loop| = {diff:.2e} (features up to {np.abs(ref).max():.0f})")
     if not diff < 1e-3:
         raise SystemExit("features differ from the per-file librosa computation")
+    # DESIGN §8: the decoding threads must not change a clip's features
+    same = np.array_equal(X_seq, X_par)
+    print(f"AudioEncoder n_jobs=None and n_jobs={args.n_jobs} give bitwise equal features: {same}"
+          + ("" if same else f" (max |diff| {np.abs(X_seq - X_par).max():.2e})"))
 
     if args.startup:
         warm = startup_seconds(paths[0])

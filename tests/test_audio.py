@@ -26,9 +26,11 @@ from sklearn.utils.estimator_checks import (
     check_no_attributes_set_in_init,
 )
 
+import skfusion
 from skfusion.datasets import load_spoken_digits
 from skfusion.encoders import AudioEncoder
 from skfusion.encoders._base import EncodingError
+from skfusion.runtime import cache_clear, cached_transform
 
 ALL_FEATURES = [
     "mfcc", "logmel", "chroma", "contrast", "centroid", "bandwidth", "rolloff", "flatness",
@@ -59,6 +61,31 @@ def fsdd_features(fsdd):
 def wav_bytes(fsdd):
     with open(fsdd.frame["path"][0], "rb") as f:
         return f.read()
+
+
+def assert_same_features(actual, desired):
+    """Equal up to float32 rounding: ``|actual - desired| <= 1e-6 x`` each feature's scale.
+
+    DESIGN §8 lets an item's features vary with the CPU's instruction set by float rounding
+    only. AudioEncoder computes in float64 and casts to float32 once, so on one machine the
+    outputs compared here are bitwise equal (measured for batch sizes 1/7/64, n_jobs 1/2, BLAS
+    threads 1/2 and the cache on/off). That is not promised on every x86-64 CPU: numpy's
+    SIMD sums, ``log`` and ``exp``, and OpenBLAS's kernels (in the deltas' edge fit) may
+    round the last float64 bit differently there, which can move a float32 result by one
+    unit (6e-8 of its value) or leave 1e-14 instead of 0 in the std of a constant band.
+    1e-6 of the feature's scale (its largest magnitude over the rows, and over the frames
+    for sequences) admits that. It still catches what this test was written for: with float32
+    BLAS products over the padded batch, the all-features encoder below moved by 5.6e-6 of
+    the scale (spectral flatness, MFCC deltas) with its batch mates and BLAS threads.
+    """
+    actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
+    assert actual.shape == desired.shape
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(desired))  # missing rows
+    axes = tuple(range(desired.ndim - 1))
+    scale = np.nanmax(np.abs(desired), axis=axes, keepdims=True)
+    error = np.abs(np.nan_to_num(actual) - np.nan_to_num(desired))
+    worst = float(np.max(error / np.where(scale > 0, scale, 1.0)))
+    assert worst <= 1e-6, f"features differ by {worst:.2e} of their scale"
 
 
 def librosa_reference(y, sr, n_mfcc=20):
@@ -171,6 +198,7 @@ def test_silent_but_valid_clip_is_audio(tmp_path):
         [str(silent), np.zeros(4000, dtype=np.float32)]
     )
     assert np.isfinite(X).all()
+    # exact: two all-zero clips of one length take the same operations on exact zeros
     np.testing.assert_array_equal(X[0], X[1])
     names = AudioEncoder(features=["mfcc", "rms", "zcr"]).fit([str(silent)]).get_feature_names_out()
     assert X[0][list(names).index("rms_mean")] == 0
@@ -366,9 +394,10 @@ def test_duration_policy():
     assert frames(duration=1.0) == [1 + 8000 // hop] * 3
     assert frames(duration=1.0, duration_policy="pad") == [1 + 8000 // hop] * 2 + [natural[2]]
     assert frames(duration=1.0, duration_policy="crop") == [natural[0]] + [1 + 8000 // hop] * 2
-    # cropping keeps the start of the clip
+    # cropping keeps the start of the clip (keeping any other second would change the
+    # features entirely; float rounding is all the comparison has to admit)
     X = AudioEncoder(sr=8000, duration=1.0).fit_transform([clips[2], clips[2][:8000]])
-    np.testing.assert_array_equal(X[0], X[1])
+    assert_same_features(X[:1], X[1:])
 
 
 def test_resampling_matches_librosa_load(fsdd):
@@ -386,7 +415,56 @@ def test_parallel_decoding_gives_the_same_result(fsdd):
     paths = fsdd.frame["path"][::150].tolist()
     X1 = AudioEncoder(batch_size=7).fit_transform(paths)
     X2 = AudioEncoder(n_jobs=2).fit_transform(paths)
-    np.testing.assert_array_equal(X1, X2)
+    assert_same_features(X2, X1)
+
+
+def _invariance_clips(fsdd):
+    """24 recordings: the shortest, the longest (the widest zero-padding for its batch mates)
+    and 22 spread over speakers and digits; plus a missing row."""
+    lengths = [sf.info(p).frames for p in fsdd.frame["path"]]
+    rows = [int(np.argmin(lengths)), int(np.argmax(lengths))] + list(range(7, 3000, 137))
+    return fsdd.frame["path"][rows].tolist() + [None]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},  # defaults: 20 MFCC mean/std at 22,050 Hz (resampled from 8 kHz)
+        {
+            "features": ALL_FEATURES, "stats": ["mean", "std", "max", "p10"], "sr": 8000,
+            "n_fft": 512, "hop_length": 128, "n_mels": 40, "n_mfcc": 13, "mfcc_deltas": 2,
+        },
+    ],
+    ids=["default", "all_features"],
+)  # fmt: skip
+def test_features_do_not_depend_on_batch_threads_or_cache(fsdd, params):
+    """DESIGN §8: a clip's features do not depend on its batch mates, the batch size,
+    n_jobs, the BLAS thread count or the embedding cache."""
+    clips = _invariance_clips(fsdd)
+    with skfusion.config_context(cache=False):
+        reference = AudioEncoder(batch_size=1, **params).fit(clips)
+        X = reference.transform(clips)
+        values, mask = reference.transform_sequence(clips)
+        for batch_size, n_jobs, blas_threads in [(7, None, 1), (64, None, 2), (7, 2, 2), (64, 2, 1)]:
+            encoder = AudioEncoder(batch_size=batch_size, n_jobs=n_jobs, **params).fit(clips)
+            with threadpool_limits(limits=blas_threads, user_api="blas"):
+                assert_same_features(encoder.transform(clips), X)
+                other_values, other_mask = encoder.transform_sequence(clips)
+            np.testing.assert_array_equal(other_mask, mask)
+            assert_same_features(other_values, values)
+        # one clip alone, then with the longest recording as its batch mate
+        assert_same_features(reference.transform(clips[2:3]), X[2:3])
+        assert_same_features(AudioEncoder(**params).fit(clips).transform(clips[:3])[2:], X[2:3])
+    # with the cache on, the rows of a third of the clips come from the cache and the others
+    # are computed in a batch of a different make-up
+    encoder = AudioEncoder(batch_size=64, **params).fit(clips)
+    cache_clear()
+    try:
+        with skfusion.config_context(cache=True):
+            cached_transform(encoder, clips[::3])
+            assert_same_features(cached_transform(encoder, clips), X)
+    finally:
+        cache_clear()
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -430,6 +508,7 @@ def test_estimator_api(fsdd):
         encoder.transform(paths)
     assert encoder.fit(paths) is encoder
     X = encoder.transform(paths.to_numpy())
+    # exact: the same clips, batched alike, by the same code in the same process
     restored = pickle.loads(pickle.dumps(encoder))
     np.testing.assert_array_equal(restored.transform(paths.tolist()), X)
     np.testing.assert_array_equal(clone(encoder).fit_transform(paths.to_frame()), X)
@@ -445,6 +524,8 @@ def test_fingerprint_identifies_the_output():
     assert AudioEncoder(n_mfcc=13)._skfusion_fingerprint() != a._skfusion_fingerprint()
     assert AudioEncoder(sr=8000)._skfusion_fingerprint() != a._skfusion_fingerprint()
     assert AudioEncoder(features=["mfcc", "rms"])._skfusion_fingerprint() != a._skfusion_fingerprint()
+    # the parameters that do not change the output share the fingerprint (and cached rows)
+    assert AudioEncoder(batch_size=7)._skfusion_fingerprint() == a._skfusion_fingerprint()
 
 
 def test_missing_librosa_names_the_package(monkeypatch):

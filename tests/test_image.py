@@ -28,10 +28,12 @@ from sklearn.utils.estimator_checks import (
     check_no_attributes_set_in_init,
 )
 
+import skfusion
 from skfusion import EarlyFusion
 from skfusion.encoders import ImageEncoder
 from skfusion.encoders._base import EncodingError
 from skfusion.encoders._image import MOBILENET_V2, builtin_onnx_bytes, load_image
+from skfusion.runtime import cache_clear, cached_transform
 
 # ImageNet-1k class indices, as listed in pytorch/hub's imagenet_classes.txt
 # (https://github.com/pytorch/hub/blob/master/imagenet_classes.txt).
@@ -204,6 +206,68 @@ def test_parallel_decoding_matches_serial(encoder, image_files, samples):
     tolerant = parallel.set_params(on_error="missing").transform(bad)
     assert np.isnan(tolerant[4]).all()
     np.testing.assert_allclose(np.delete(tolerant, 4, axis=0), serial, atol=1e-5)
+
+
+def assert_rows_close(actual, desired):
+    """Each row within ``1e-6 x`` the Euclidean norm of its reference row (NaN rows alike).
+
+    ONNX Runtime gave bitwise equal rows whatever the batch size (1-64) and intra-op threads
+    (1-16), on an AMD EPYC and an Intel Xeon alike. It does not promise so: its MLAS kernels
+    are chosen by the CPU's instruction set (both machines have AVX-512) and may be chosen by
+    the problem's shape. Two kernel choices for the same network differ by float32 rounding
+    accumulated over its layers: ORT with graph optimisations off vs on differed by 4.1e-7 of
+    the row norm, torch eager vs ORT by 6.7e-7. 1e-6 admits that, and still catches features
+    that move with the batch.
+    """
+    actual = np.asarray(actual, np.float64).reshape(len(actual), -1)
+    desired = np.asarray(desired, np.float64).reshape(len(desired), -1)
+    missing = np.isnan(desired).all(axis=1)
+    np.testing.assert_array_equal(np.isnan(actual).all(axis=1), missing)
+    error = np.abs(actual[~missing] - desired[~missing]).max(axis=1)
+    worst = float(np.max(error / np.linalg.norm(desired[~missing], axis=1)))
+    assert worst <= 1e-6, f"rows differ by {worst:.2e} of their norm"
+
+
+def _crops(samples, n):
+    """n different images: crops of various sizes of the two sample photos, some mirrored."""
+    rng = np.random.RandomState(0)
+    crops = []
+    for k in range(n):
+        photo = samples[k % 2]
+        height, width = rng.randint(160, 400), rng.randint(160, 400)
+        top = rng.randint(0, photo.shape[0] - height)
+        left = rng.randint(0, photo.shape[1] - width)
+        crop = photo[top : top + height, left : left + width]
+        crops.append(np.ascontiguousarray(crop[:, ::-1] if k % 3 == 0 else crop))
+    return crops
+
+
+def test_features_do_not_depend_on_batch_threads_or_cache(samples):
+    """DESIGN §8: an image's features do not depend on its batch mates, the batch size,
+    the threads (ONNX Runtime's and n_jobs' decoding threads) or the embedding cache."""
+    items = _crops(samples, 12)
+    items.insert(5, None)
+    reference = ImageEncoder(batch_size=1, intra_op_num_threads=1, device="cpu").fit(items)
+    with skfusion.config_context(cache=False):
+        X = reference.transform(items)
+        for batch_size, threads, n_jobs in [(7, 1, None), (64, 2, None), (7, 2, 2)]:
+            encoder = clone(reference).set_params(
+                batch_size=batch_size, intra_op_num_threads=threads, n_jobs=n_jobs
+            )
+            assert_rows_close(encoder.fit(items).transform(items), X)
+        tokens, mask = reference.transform_sequence(items[:4])
+        batched, batched_mask = encoder.transform_sequence(items[:4])
+        np.testing.assert_array_equal(batched_mask, mask)
+        assert_rows_close(batched, tokens)
+    # with the cache on, a third of the rows come from the cache and the others are computed
+    # in batches of a different make-up
+    cache_clear()
+    try:
+        with skfusion.config_context(cache=True):
+            cached_transform(encoder, items[::3])
+            assert_rows_close(cached_transform(encoder, items), X)
+    finally:
+        cache_clear()
 
 
 # --- bad input ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+import functools
 import io
 import os
 import re
@@ -10,6 +11,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from scipy import fft as scipy_fft
+from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.parallel import Parallel, delayed
@@ -41,6 +43,7 @@ FEATURES = (
     "rms",
 )
 _SPECTRAL = {"centroid", "bandwidth", "rolloff", "flatness"}
+_NEEDS_STFT = {"mfcc", "logmel", "chroma", "contrast"} | _SPECTRAL
 _PLAIN_STATS = {"mean", "std", "min", "max", "median"}
 _PERCENTILE = re.compile(r"^p(100|[0-9]{1,2})$")
 _CONTRAST_FMIN = 200.0
@@ -62,6 +65,27 @@ def _contrast_bands(sr):
     while n < 6 and _CONTRAST_FMIN * 2.0**n < sr / 2:
         n += 1
     return n
+
+
+@functools.lru_cache(maxsize=16)
+def _filter_bank(kind, sr, n_fft, n_bands):
+    """librosa's mel or chroma filter bank, in float64, as a read-only CSR matrix.
+
+    A sparse product ``bank @ power`` accumulates each output in the fixed order of the
+    matrix's stored entries, in plain C++ (no BLAS: no threads, no kernel chosen by the
+    matrix shape or the CPU), so each frame's value depends on that frame alone. It is also
+    cheaper than a dense product: the 128 x 1025 mel bank holds about 2,000 non-zeros.
+    """
+    librosa = _librosa()
+    if kind == "mel":
+        bank = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_bands, dtype=np.float64)
+    else:
+        bank = librosa.filters.chroma(sr=sr, n_fft=n_fft, tuning=0.0, n_chroma=n_bands,
+                                      dtype=np.float64)
+    bank = sparse.csr_array(bank)
+    for part in (bank.data, bank.indices, bank.indptr):
+        part.flags.writeable = False  # shared between calls and threads
+    return bank
 
 
 def _check_stats(stats):
@@ -307,10 +331,16 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     Notes
     -----
     Clips are sorted by length and stacked, zero-padded at the end, into ``(n, samples)``
-    arrays that librosa processes in one call; each clip's features are then taken from its
-    own ``1 + len // hop_length`` frames. STFT frames are centred on zero-padded audio, as in
-    ``librosa.feature.mfcc``, so the result equals a per-clip librosa computation up to float
-    rounding. The dB scale of MFCC/log-mel is clipped at 80 dB below each clip's own peak.
+    arrays whose STFT librosa computes in one call. Everything after the STFT (filter banks,
+    dB, DCT, spectral shape, deltas, pooling) runs per clip on its own
+    ``1 + len // hop_length`` frames, in float64 (the filter banks as sparse products rather
+    than BLAS ones), and is cast to float32 at the end. So a clip's features do not depend on
+    the other clips of the call, ``batch_size``, ``n_jobs``, the BLAS thread count or the
+    embedding cache: on one machine they are bitwise equal, and across CPUs they agree to
+    float32 rounding (see the :ref:`User Guide <audio>`). STFT frames are centred on
+    zero-padded audio, as in ``librosa.feature.mfcc``, so the result equals a per-clip librosa
+    computation up to float32 rounding. The dB scale of MFCC/log-mel is clipped at 80 dB
+    below each clip's own peak.
 
     The first librosa call in a fresh environment compiles librosa's numba functions (15-60 s
     on two cores); numba caches them next to librosa, in ``~/.cache/numba`` when that is
@@ -491,7 +521,11 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ features
     def _frame_features(self, clips):
-        """Per clip, the (n_frame_features, n_frames) float32 matrix."""
+        """Per clip, the (n_frame_features, n_frames) float64 matrix of its own frames.
+
+        Clips are sorted by length and stacked in chunks of at most ``_SAMPLE_BUDGET`` samples
+        for the STFT; which chunk a clip lands in does not change its features.
+        """
         out = [None] * len(clips)
         order = np.argsort([c.shape[0] for c in clips], kind="stable")
         start = 0
@@ -511,48 +545,67 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         return out
 
     def _chunk_features(self, clips):
-        """Features of clips stacked into one zero-padded (n, samples) array."""
+        """Per clip, the (n_frame_features, n_frames) float64 matrix of its own frames.
+
+        Only the STFT runs on the clips stacked into one zero-padded (n, samples) array: each
+        STFT column is the FFT of one frame's samples, whatever else is in the stack (the
+        padding a longer batch mate adds lies beyond the clip's last frame). Everything after
+        it runs per clip, on exactly that clip's frames and in float64: BLAS products on the
+        stack, as librosa does them, round in float32 by an order that depends on the matrix
+        shape (the batch mates, the batch size) and on the BLAS thread count.
+        """
         librosa = _librosa()
         n = len(clips)
         lengths = np.array([c.shape[0] for c in clips])
-        batch = np.zeros((n, lengths.max()), dtype=np.float32)
-        for i, c in enumerate(clips):
-            batch[i, : c.shape[0]] = c
         frames = 1 + lengths // self.hop_length
-        feats = set(self.features)
+        stft = None
+        if set(self.features) & _NEEDS_STFT:
+            batch = np.zeros((n, lengths.max()), dtype=np.float32)
+            for i, c in enumerate(clips):
+                batch[i, : c.shape[0]] = c
+            # librosa takes the FFT of float64 frames and stores it as complex64
+            stft = librosa.stft(
+                batch, n_fft=self.n_fft, hop_length=self.hop_length, center=True,
+                pad_mode="constant",
+            )  # fmt: skip
+            del batch
+        mats = []
+        for i in range(n):
+            spec = None if stft is None else stft[i, :, : frames[i]]
+            mats.append(self._clip_features(clips[i], spec, librosa))
+        return mats
+
+    def _clip_features(self, clip, spec, librosa):
+        """The (n_frame_features, n_frames) float64 matrix of one clip.
+
+        ``spec`` is the clip's complex64 STFT (its own frames only), or None when no feature
+        needs it.
+        """
         sr, n_fft, hop = self.sr, self.n_fft, self.hop_length
-
-        mag = power = None
-        if feats & ({"mfcc", "logmel", "chroma", "contrast"} | _SPECTRAL):
-            stft = librosa.stft(batch, n_fft=n_fft, hop_length=hop, center=True, pad_mode="constant")
-            mag = np.abs(stft)
-            del stft
-            power = mag**2
-        T = mag.shape[-1] if mag is not None else int(1 + batch.shape[1] // hop)
-        valid = np.arange(T)[None, :] < frames[:, None]
-
+        feats = set(self.features)
         computed = {}
+        if spec is not None:
+            z = spec.astype(np.complex128)
+            power = z.real**2 + z.imag**2  # float32 parts: the squares are exact in float64
+            del z
+            mag = np.sqrt(power)
         if feats & {"mfcc", "logmel"}:
-            mel = librosa.feature.melspectrogram(S=power, sr=sr, n_fft=n_fft, n_mels=self.n_mels)
+            mel = _filter_bank("mel", sr, n_fft, self.n_mels) @ power
             log_mel = 10.0 * np.log10(np.maximum(mel, 1e-10))
-            peak = np.where(valid[:, None, :], log_mel, -np.inf).max(axis=(1, 2))
-            log_mel = np.maximum(log_mel, (peak - 80.0)[:, None, None]).astype(np.float32)
-            if "logmel" in feats:
-                computed["logmel"] = log_mel
+            # librosa.power_to_db(top_db=80) with the clip's own peak as the floor's reference
+            log_mel = np.maximum(log_mel, log_mel.max() - 80.0)
+            computed["logmel"] = log_mel
             if "mfcc" in feats:
-                mfcc = scipy_fft.dct(log_mel, axis=-2, type=2, norm="ortho")[:, : self.n_mfcc]
-                computed["mfcc"] = mfcc.astype(np.float32)
+                mfcc = scipy_fft.dct(log_mel, axis=0, type=2, norm="ortho")[: self.n_mfcc]
+                computed["mfcc"] = mfcc
         if "chroma" in feats:
-            computed["chroma"] = librosa.feature.chroma_stft(S=power, sr=sr, n_fft=n_fft, tuning=0.0)
+            # librosa.feature.chroma_stft: filter bank, then each frame scaled to max 1
+            raw = _filter_bank("chroma", sr, n_fft, 12) @ power
+            computed["chroma"] = librosa.util.normalize(raw, norm=np.inf, axis=0)
         if "contrast" in feats:
-            # per clip: librosa clips its dB scale relative to the whole input's peak
-            computed["contrast"] = [
-                librosa.feature.spectral_contrast(
-                    S=mag[i, :, : frames[i]], sr=sr, n_fft=n_fft, fmin=_CONTRAST_FMIN,
-                    n_bands=_contrast_bands(sr),
-                )
-                for i in range(n)
-            ]
+            computed["contrast"] = librosa.feature.spectral_contrast(
+                S=mag, sr=sr, n_fft=n_fft, fmin=_CONTRAST_FMIN, n_bands=_contrast_bands(sr)
+            )
         spectral = {
             "centroid": librosa.feature.spectral_centroid,
             "bandwidth": librosa.feature.spectral_bandwidth,
@@ -563,27 +616,25 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 computed[name] = func(S=mag, sr=sr, n_fft=n_fft)
         if "flatness" in feats:
             computed["flatness"] = librosa.feature.spectral_flatness(S=mag)
+        if feats & {"rms", "zcr"}:
+            y = clip.astype(np.float64)
         if "rms" in feats:
             computed["rms"] = librosa.feature.rms(
-                y=batch, frame_length=n_fft, hop_length=hop, center=True, pad_mode="constant"
+                y=y, frame_length=n_fft, hop_length=hop, center=True, pad_mode="constant"
             )
         if "zcr" in feats:
-            padded = np.pad(batch, ((0, 0), (n_fft // 2, n_fft // 2)))
+            # frames centred on zero-padded audio like the STFT's (librosa's own centring
+            # repeats the edge samples)
             computed["zcr"] = librosa.feature.zero_crossing_rate(
-                padded, frame_length=n_fft, hop_length=hop, center=False
+                np.pad(y, n_fft // 2), frame_length=n_fft, hop_length=hop, center=False
             )
-
-        mats = []
-        for i in range(n):
-            t = frames[i]
-            parts = []
-            for name in self.features:
-                block = np.asarray(computed[name][i][:, :t], dtype=np.float32)
-                parts.append(block)
-                if name == "mfcc":
-                    parts.extend(self._deltas(block, librosa))
-            mats.append(np.concatenate(parts, axis=0))
-        return mats
+        parts = []
+        for name in self.features:
+            block = np.asarray(computed[name], dtype=np.float64)
+            parts.append(block)
+            if name == "mfcc":
+                parts.extend(self._deltas(block, librosa))
+        return np.concatenate(parts, axis=0)
 
     def _deltas(self, mfcc, librosa):
         if self.mfcc_deltas == 0:
@@ -595,11 +646,11 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             if width < 3:
                 out.append(np.zeros_like(mfcc))
             else:
-                d = librosa.feature.delta(mfcc, width=width, order=order, mode="interp")
-                out.append(d.astype(np.float32))
+                out.append(librosa.feature.delta(mfcc, width=width, order=order, mode="interp"))
         return out
 
     def _pool(self, mat):
+        """Pool a clip's float64 frame matrix; cast to float32 only at the end."""
         parts = []
         offset = 0
         for _, rows in self._blocks():
@@ -690,7 +741,8 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             version = metadata.version("librosa")
         except metadata.PackageNotFoundError:  # pragma: no cover
             version = "unknown"
-        extra = ("v1", f"librosa={version}", tuple(self.features), tuple(self.stats))
+        # v2: features computed per clip in float64 (v1 rows differ in float32 rounding)
+        extra = ("v2", f"librosa={version}", tuple(self.features), tuple(self.stats))
         return estimator_fingerprint(
             self, ignore=("features", "stats", "batch_size", "n_jobs", "on_error"), extra=extra
         )

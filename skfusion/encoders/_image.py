@@ -407,6 +407,11 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     fitted encoder holds the ONNX bytes (about 14 MB), so neither torch nor the weights
     package is needed to score with a persisted pipeline.
 
+    On a CPU an image's features do not depend on ``batch_size``, ``intra_op_num_threads``,
+    ``n_jobs``, the other images of the call or the embedding cache: they were bitwise equal
+    across all of these on two x86-64 CPUs. Other CPUs (without AVX-512, Arm) may run other
+    ONNX Runtime kernels, which agree to float32 rounding (within 1e-6 of the row's norm).
+
     Examples
     --------
     >>> from sklearn.datasets import load_sample_images
