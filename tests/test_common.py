@@ -1,6 +1,5 @@
 """scikit-learn's common estimator checks on numeric tabular modalities."""
 
-import pytest
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
@@ -57,6 +56,9 @@ ESTIMATORS = [
 
 
 def expected_failed_checks(estimator):
+    # check_methods_subset_invariance and check_methods_sample_order_invariance pass for the
+    # attention estimators because their numpy inference runs in float64 (in float32 a row's
+    # prediction moved by up to 1e-5 relative with its batch on AVX2 CPUs): do not list them.
     if isinstance(estimator, (AttentionFusionClassifier, AttentionFusionRegressor)):
         return {
             "check_sample_weight_equivalence_on_dense_data": (

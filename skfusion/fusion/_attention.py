@@ -18,8 +18,21 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from ._attention_net import batch_arrays, forward, init_params, modality_attention
-from ._base import _BaseFusion, _fit_transform_one, _take_y, _transform_one, scatter_rows
+from ._attention_net import (
+    as_float64,
+    batch_arrays,
+    forward,
+    init_params,
+    modality_attention,
+)
+from ._base import (
+    _BaseFusion,
+    _fit_transform_one,
+    _take_y,
+    _transform_one,
+    encoded_presence,
+    scatter_rows,
+)
 
 __all__ = ["AttentionFusionClassifier", "AttentionFusionRegressor"]
 
@@ -188,7 +201,8 @@ class _BaseAttentionFusion(_BaseFusion):
                     "rows passed to fit; there is nothing to learn from."
                 )
             trans = mod.transformer if isinstance(mod.transformer, str) else clone(mod.transformer)
-            jobs.append(delayed(_fit_encode)(trans, Xm, _take_y(y, present), mod.name, seq))
+            fit_encode = self._in_rows(_fit_encode, X, mod)
+            jobs.append(delayed(fit_encode)(trans, Xm, _take_y(y, present), mod.name, seq))
             active.append((mod, present, seq))
         results = Parallel(n_jobs=self.n_jobs)(jobs)
         self.transformers_, self._sequence, self._widths = [], [], []
@@ -198,7 +212,7 @@ class _BaseAttentionFusion(_BaseFusion):
             self._sequence.append(seq)
             self._widths.append(out[0].shape[-1] if seq else out.shape[1])
             features.append(self._scatter(out, present, seq, self._widths[-1]))
-            presence.append(present)
+            presence.append(encoded_presence(out, present))
         self.modality_names_ = np.asarray([name for name, _, _ in self.transformers_], dtype=object)
         return features, np.column_stack(presence)
 
@@ -214,8 +228,9 @@ class _BaseAttentionFusion(_BaseFusion):
             for mod, inp in zip(self._modalities, self._modality_inputs(X))
             if inp[0] is not None
         }
+        mods = {mod.name: mod for mod in self._modalities}
         jobs = [
-            delayed(_encode)(trans, inputs[name][0], name, seq)
+            delayed(self._in_rows(_encode, X, mods[name]))(trans, inputs[name][0], name, seq)
             for (name, trans, _), seq in zip(self.transformers_, self._sequence)
         ]
         results = Parallel(n_jobs=self.n_jobs)(jobs)
@@ -231,7 +246,7 @@ class _BaseAttentionFusion(_BaseFusion):
                     "fit time."
                 )
             features.append(self._scatter(out, present, seq, width))
-            presence.append(present)
+            presence.append(encoded_presence(out, present))
         return features, np.column_stack(presence)
 
     # --- standardisation and network inputs ---
@@ -361,12 +376,15 @@ class _BaseAttentionFusion(_BaseFusion):
         features, presence = self._transform_modalities(X)
         data = self._network_data(features, presence)
         n = presence.shape[0]
+        # float64 inference: a row's output must not depend on the rows batched with it
+        # (sklearn's subset and sample-order invariance); see as_float64.
+        params = as_float64(self._weights)
         logits, weights = [], []
         for start in range(0, n, _PREDICT_BATCH):
             rows = np.arange(start, min(start + _PREDICT_BATCH, n))
-            inputs, valid, pres = batch_arrays(data, rows, data["present"][rows])
+            inputs, valid, pres = batch_arrays(data, rows, data["present"][rows], dtype=np.float64)
             out, attention = forward(
-                self._weights,
+                params,
                 inputs,
                 valid,
                 pres,
@@ -375,7 +393,7 @@ class _BaseAttentionFusion(_BaseFusion):
                 xp=np,
                 keep_attention=keep_attention,
             )
-            logits.append(out.astype(np.float64))
+            logits.append(out)
             if keep_attention:
                 weights.append(modality_attention(attention, data["present"][rows]))
         logits = np.concatenate(logits, axis=0)
@@ -533,7 +551,8 @@ class AttentionFusionClassifier(ClassifierMixin, _BaseAttentionFusion):
     Training runs in torch (Adam, mini-batches, cross-entropy weighted by ``sample_weight``);
     the fitted weights are numpy arrays and ``predict``, ``predict_proba`` and
     :meth:`attention_weights` run a numpy forward pass, so a persisted model scores without
-    torch.
+    torch. That pass runs in float64, so a row's prediction does not depend on the other
+    rows scored with it.
 
     Read more in the :ref:`User Guide <attention_fusion>`.
 """
