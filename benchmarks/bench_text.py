@@ -3,8 +3,10 @@
 Same model (the offline all-MiniLM-L6-v2), same 2,000 real reviews (Women's Clothing
 E-Commerce Reviews), same thread count for torch and ONNX Runtime, batch size 32, CPU. Each
 contender gets a short warm-up, then one timed pass (``--repeat`` takes the best of several).
-Prints sentences/s, the ratios to sentence-transformers, and the agreement of the embeddings
-(cosine to sentence-transformers).
+Prints sentences/s, the ratios to sentence-transformers, the agreement of the embeddings
+(cosine to sentence-transformers), and how much the first ``--invariance`` embeddings move when
+each text is encoded alone (batch size 1) instead of in the timed run's batches (DESIGN §8: 0 for
+TextEncoder; sentence-transformers pads each batch to its longest text).
 
 Run: ``python benchmarks/bench_text.py [--n 2000] [--threads N] [--repeat 1] [--column Title]``.
 Targets (DESIGN §7): ONNX fp32 >= 2x, int8 >= 4x sentence-transformers' own encode.
@@ -40,6 +42,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=1, help="timed passes (best kept)")
     parser.add_argument("--column", default="Review Text", help="text column ('Title': short)")
+    parser.add_argument(
+        "--invariance", type=int, default=200, help="texts re-encoded one per batch (0: skip)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -58,8 +63,8 @@ def main():
     model_path = default_text_model()
     st = SentenceTransformer(model_path, device="cpu")
 
-    def st_encode(batch):
-        return st.encode(batch, batch_size=args.batch_size, convert_to_numpy=True)
+    def st_encode(batch, batch_size=args.batch_size):
+        return st.encode(batch, batch_size=batch_size, convert_to_numpy=True)
 
     common = dict(device="cpu", batch_size=args.batch_size, intra_op_num_threads=args.threads)
     fp32 = TextEncoder(model_path, backend="onnx", **common).fit(["x"])
@@ -74,13 +79,22 @@ def main():
     results["sentence-transformers encode"] = _timed(st_encode, texts, args.repeat)
     results["TextEncoder onnx fp32"] = _timed(fp32.transform, texts, args.repeat)
     results["TextEncoder onnx int8"] = _timed(int8.transform, texts, args.repeat)
+    alone = {}  # the first texts, each in a batch of its own
+    if args.invariance:
+        few = texts[: args.invariance]
+        alone["sentence-transformers encode"] = st_encode(few, batch_size=1)
+        for name, encoder in (("fp32", fp32), ("int8", int8)):
+            one = encoder.set_params(batch_size=1, intra_op_num_threads=1)
+            alone[f"TextEncoder onnx {name}"] = one.transform(few)
 
     base_speed, reference = results["sentence-transformers encode"]
-    print(f"{'contender':32s} {'sent/s':>9s} {'ratio':>7s} {'cos min':>9s} {'cos mean':>9s}")
+    print(f"{'contender':32s} {'sent/s':>9s} {'ratio':>7s} {'cos min':>9s} {'cos mean':>9s} "
+          f"{'vs alone':>9s}")
     for name, (speed, emb) in results.items():
         cos = _cosine(emb, reference)
+        moved = np.abs(emb[: len(alone[name])] - alone[name]).max() if alone else np.nan
         print(f"{name:32s} {speed:9.1f} {speed / base_speed:6.2f}x {cos.min():9.6f} "
-              f"{cos.mean():9.6f}")
+              f"{cos.mean():9.6f} {moved:9.2g}")
 
 
 if __name__ == "__main__":
