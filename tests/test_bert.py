@@ -14,12 +14,13 @@ import skfusion
 from skfusion.datasets import load_clothing_reviews
 from skfusion.encoders import TextEncoder
 from skfusion.encoders._text import default_text_model, length_batches
-from skfusion.runtime import make_session
+from skfusion.runtime import l2_normalize, make_session, pool_sequence
 from skfusion.runtime import _bert
 from skfusion.runtime._bert import (
     CPU_DISABLED_OPTIMIZERS,
     _bert_weights,
     _read_config,
+    add_sentence_pooling,
     bert_graph_support,
     build_bert_onnx,
     numpy_bert_forward,
@@ -71,10 +72,17 @@ def fused():
     return {q: build_bert_onnx(MODEL, q) for q in (None, "int8")}
 
 
-def test_text_encoder_uses_the_fused_graph(encoder, fused):
+@pytest.fixture(scope="module")
+def pooled(fused):
+    """The graphs as TextEncoder fits them for all-MiniLM-L6-v2: mean pooling, normalised."""
+    return {q: add_sentence_pooling(fused[q], ("mean",), True) for q in fused}
+
+
+def test_text_encoder_uses_the_fused_graph(encoder, pooled):
     assert encoder.onnx_graph_ == "fused-bert"
-    assert encoder.onnx_model_ == fused[None]  # the build is deterministic
+    assert encoder.onnx_model_ == pooled[None]  # the build is deterministic
     assert encoder._onnx_session().disabled_optimizers == CPU_DISABLED_OPTIMIZERS
+    assert encoder._onnx_session().output_names == ["token_embeddings", "sentence_embedding"]
 
 
 def test_fused_graph_matches_the_torch_export(encoder, fused, reviews):
@@ -102,19 +110,122 @@ def _one_length(encoder, texts):
     return groups
 
 
+@pytest.mark.parametrize("output", ["token_embeddings", "sentence_embedding"])
 @pytest.mark.parametrize("quantize", [None, "int8"])
-def test_a_row_does_not_depend_on_its_batch_mates(encoder, fused, reviews, quantize):
+def test_a_row_does_not_depend_on_its_batch_mates(encoder, pooled, reviews, quantize, output):
     """The graph alone: a text gives the same bits alone and among other texts of its length
     (the batches TextEncoder makes). Exact on any x86-64 CPU: no operation mixes the rows of
-    a batch (int8 activations are quantised per token), and one thread runs the batch."""
+    a batch (int8 activations are quantised per token; the pooled sum is a batched MatMul,
+    not a ReduceSum over the middle axis, whose rounding depends on the batch's row count),
+    and one thread runs the batch."""
     groups = _one_length(encoder, reviews)
     mates = groups[max(length for length, texts in groups.items() if len(texts) >= 2)]
     assert len(set(mates)) >= 2  # 48 reviews: two of 128 tokens
-    session = _session(fused[quantize])
-    alone = session.run(["token_embeddings"], _feeds(encoder, mates[:1]))[0]
-    together = session.run(["token_embeddings"], _feeds(encoder, mates[::-1] + mates))[0]
+    session = _session(pooled[quantize])
+    alone = session.run([output], _feeds(encoder, mates[:1]))[0]
+    together = session.run([output], _feeds(encoder, mates[::-1] + mates))[0]
     np.testing.assert_array_equal(together[len(mates) - 1], alone[0])
     np.testing.assert_array_equal(together[len(mates)], alone[0])
+
+
+# --- pooling inside the graph, and the float16 graph ---
+
+
+@pytest.mark.parametrize(
+    "modes", [("mean",), ("cls",), ("max",), ("mean_sqrt_len",), ("cls", "mean", "max")]
+)
+@pytest.mark.parametrize("normalize", [False, True])
+def test_in_graph_pooling_is_numpy_pooling(encoder, fused, reviews, modes, normalize):
+    """``sentence_embedding`` is pool_sequence (+ l2_normalize) of the graph's own
+    ``token_embeddings``, on a padded batch of real reviews (the mask matters). float32 both
+    ways; the sums over up to 128 tokens and the norm run in another order (a batched MatMul
+    against numpy's einsum and pairwise sums), which moves a value by a few units in the last
+    place of the row's largest value (measured at most 8e-8 of it): 1e-6 of it is about 16
+    units. cls and max pick values: exact."""
+    session = _session(add_sentence_pooling(fused[None], modes, normalize))
+    assert [o.shape for o in session.get_outputs()][1] == ["batch", 384 * len(modes)]
+    feeds = _feeds(encoder, reviews[:12])
+    assert not feeds["attention_mask"].all()
+    tokens, got = session.run(["token_embeddings", "sentence_embedding"], feeds)
+    mask = feeds["attention_mask"]
+    expected = np.concatenate([pool_sequence(tokens, mask, mode) for mode in modes], axis=1)
+    if normalize:
+        expected = l2_normalize(expected)
+    scale = np.abs(expected).max(axis=1, keepdims=True)
+    assert np.all(np.abs(got - expected) <= 1e-6 * scale)
+    if modes in (("cls",), ("max",)) and not normalize:
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_in_graph_pooling_needs_a_text_graph(fused):
+    from onnx import TensorProto, helper
+
+    with pytest.raises(ValueError, match="already"):
+        add_sentence_pooling(add_sentence_pooling(fused[None]))
+    with pytest.raises(ValueError, match="unknown pooling modes"):
+        add_sentence_pooling(fused[None], ("weightedmean",))
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value], [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    ])
+    other = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(ValueError, match="'token_embeddings'"):
+        add_sentence_pooling(other.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def fp16_graph():
+    return build_bert_onnx(MODEL, "fp16")
+
+
+def test_fp16_graph_structure(fused, fp16_graph):
+    """float16 weights and compute, int64 token inputs and a float32 output as before."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load_from_string(fp16_graph)
+    kinds = {i.data_type for i in model.graph.initializer}
+    assert TensorProto.FLOAT not in kinds and TensorProto.FLOAT16 in kinds
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [TensorProto.INT64] * 3
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [TensorProto.FLOAT]
+    assert len(fp16_graph) < 0.55 * len(fused[None])
+    # the fused kernels stay (their float16 versions run on CUDA)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"EmbedLayerNormalization", "MultiHeadAttention", "LayerNormalization"} <= ops
+
+
+def test_fp16_graph_on_cpu_against_fp32(encoder, fused, fp16_graph, reviews):
+    """The float16 graph, run by the CPU provider (ONNX Runtime casts around the nodes it has
+    no float16 kernel for), against the float32 graph on a padded batch of real reviews:
+    every real token within cosine 0.999 (measured 0.99999), and the pooled rows too."""
+    feeds = _feeds(encoder, reviews[:16])
+    mask = feeds["attention_mask"].astype(bool)
+    expected = _session(fused[None]).run(["token_embeddings"], feeds)[0]
+    got = _session(fp16_graph).run(["token_embeddings"], feeds)[0]
+    assert got.dtype == np.float32
+    assert _cosine(got[mask], expected[mask]).min() >= 0.999
+    sentences = [
+        _session(add_sentence_pooling(g, ("mean",), True)).run(["sentence_embedding"], feeds)[0]
+        for g in (fused[None], fp16_graph)
+    ]
+    assert _cosine(*sentences).min() >= 0.999
+
+
+def test_the_build_check_rejects_a_lossy_fp16_conversion(monkeypatch):
+    """The fp16 build is checked against the float64 reference like the others: a conversion
+    that flushes every weight below 0.05 to +-0.05 fails it."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    def lossy(model_bytes):
+        model = onnx.load_from_string(model_bytes)
+        return convert_float_to_float16(
+            model, keep_io_types=True, min_positive_val=0.05
+        ).SerializeToString()
+
+    monkeypatch.setattr(_bert, "float16_model", lossy)
+    with pytest.raises(RuntimeError, match="float16: min token cosine"):
+        build_bert_onnx(MODEL, "fp16")
 
 
 def test_padding_does_not_change_a_row(encoder, fused, reviews):

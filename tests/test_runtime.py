@@ -17,12 +17,17 @@ from skfusion.runtime import (
     LazySession,
     content_hash,
     default_intra_op_threads,
+    float16_model,
     make_session,
     model_store_dir,
     resolve_providers,
+    run_session,
     store_get_or_create,
     store_path,
+    uses_io_binding,
 )
+from skfusion.runtime import _session
+from skfusion.runtime._session import cuda_devices_hidden
 
 
 def _add_one_model():
@@ -55,7 +60,7 @@ def test_resolve_providers():
     import onnxruntime
 
     has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    assert ("CUDAExecutionProvider" in auto) == has_cuda
+    assert ("CUDAExecutionProvider" in auto) == (has_cuda and not cuda_devices_hidden())
     if not has_cuda:
         with pytest.raises(RuntimeError, match="no CUDAExecutionProvider"):
             resolve_providers("cuda")
@@ -232,3 +237,212 @@ def test_content_hash(tmp_path):
     assert content_hash(Path(f)) == content_hash(Path(f))
     assert content_hash(Path(f)) != content_hash(b"weights")
     assert content_hash("a", "b") != content_hash("ab")
+
+
+# --- CUDA: provider choice, IOBinding, float16 (checked without a GPU) ---
+
+
+@pytest.fixture
+def cuda_build(monkeypatch):
+    """onnxruntime as its CUDA build lists its providers (no GPU needed to choose them)."""
+    import onnxruntime
+
+    monkeypatch.setattr(
+        onnxruntime,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+
+
+@pytest.mark.parametrize(
+    "value, hidden",
+    [(None, False), ("", True), ("-1", True), ("0", False), ("1,0", False),
+     ("GPU-8f3a", False), ("MIG-1c2d", False), ("NoDevFiles", True), (" ", True)],
+)
+def test_cuda_devices_hidden(monkeypatch, value, hidden):
+    if value is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    assert cuda_devices_hidden() is hidden
+
+
+def test_auto_leaves_hidden_gpus_alone(monkeypatch, cuda_build):
+    """The CUDA build lists its provider on a host whose GPUs are hidden (a CPU-only scoring
+    process): "auto" then uses the CPU, an explicit CUDA device still asks for CUDA."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert resolve_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert resolve_providers("auto") == ["CPUExecutionProvider"]
+    assert resolve_providers("cuda:1") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert _session._provider_entries("cuda:1")[0] == (
+        "CUDAExecutionProvider", {"device_id": "1", "use_tf32": "0"}  # float32 means float32
+    )
+
+
+class _Recorder:
+    """A stand-in for an InferenceSession and its IOBinding: records the calls made."""
+
+    def __init__(self, providers):
+        self.providers, self.calls = providers, []
+
+    def get_providers(self):
+        return self.providers
+
+    def get_outputs(self):
+        return [type("Arg", (), {"name": name})() for name in ("a", "b")]
+
+    def run(self, names, feeds):
+        self.calls.append(("run", names, sorted(feeds)))
+        return ["plain"]
+
+    def io_binding(self):
+        self.calls.append(("io_binding",))
+        return self
+
+    def bind_cpu_input(self, name, value):
+        self.calls.append(("bind_cpu_input", name, value.dtype.name))
+
+    def bind_output(self, name, device_type, device_id):
+        self.calls.append(("bind_output", name, device_type, device_id))
+
+    def run_with_iobinding(self, binding):
+        self.calls.append(("run_with_iobinding",))
+
+    def copy_outputs_to_cpu(self):
+        self.calls.append(("copy_outputs_to_cpu",))
+        return ["bound"]
+
+
+def test_run_session_binds_inputs_and_outputs_on_cuda():
+    session = _Recorder(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert uses_io_binding(session)
+    feeds = {"ids": np.zeros((2, 3), dtype=np.int64), "mask": np.ones((2, 3), dtype=np.int64)}
+    assert run_session(session, ["b"], feeds, device_id=1) == ["bound"]
+    assert session.calls == [
+        ("io_binding",),
+        ("bind_cpu_input", "ids", "int64"),
+        ("bind_cpu_input", "mask", "int64"),
+        ("bind_output", "b", "cuda", 1),  # only the requested output leaves the GPU
+        ("run_with_iobinding",),
+        ("copy_outputs_to_cpu",),
+    ]
+    session.calls.clear()
+    run_session(session, None, feeds)  # None: every output, bound on the GPU
+    assert [c[1] for c in session.calls if c[0] == "bind_output"] == ["a", "b"]
+
+
+def test_cpu_sessions_run_without_binding(model_bytes, monkeypatch):
+    cpu = _Recorder(["CPUExecutionProvider"])
+    assert not uses_io_binding(cpu)
+    assert run_session(cpu, ["y"], {"x": np.zeros((1, 3), np.float32)}) == ["plain"]
+    assert cpu.calls == [("run", ["y"], ["x"])]
+    # a real CPU session: LazySession.run is session.run, no IOBinding is made
+    lazy = LazySession(model_bytes, device="cpu")
+    assert not uses_io_binding(lazy.session)
+    never = lambda self: pytest.fail("an IOBinding on the CPU")  # noqa: E731
+    monkeypatch.setattr(type(lazy.session), "io_binding", never, raising=False)
+    (out,) = lazy.run(["y"], {"x": np.zeros((2, 3), dtype=np.float32)})
+    np.testing.assert_array_equal(out, np.ones((2, 3), dtype=np.float32))
+
+
+def _small_net():
+    """x (N, 8) -> relu(x @ W1 + b1) @ W2: float32 weights to convert."""
+    rng = np.random.default_rng(0)
+    inits = [
+        onnx.numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_float16_model_keeps_float32_io_and_runs_on_cpu():
+    fp32 = _small_net()
+    path = list(sys.path)
+    fp16 = float16_model(fp32)
+    assert sys.path == path  # onnxruntime.transformers' import appends its folder: undone
+    model = onnx.load_from_string(fp16)
+    assert {i.data_type for i in model.graph.initializer} == {TensorProto.FLOAT16}
+    for value in (*model.graph.input, *model.graph.output):  # the interface stays float32
+        assert value.type.tensor_type.elem_type == TensorProto.FLOAT
+    x = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
+    expected = make_session(fp32, device="cpu").run(["y"], {"x": x})[0]
+    got = make_session(fp16, device="cpu").run(["y"], {"x": x})[0]  # CPU: casts inserted
+    assert got.dtype == np.float32
+    # float16 keeps 11 significant bits: relative error about 5e-4 per value, summed over
+    # 8 and 16 products, against outputs of magnitude about 10
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-2 * np.abs(expected).max())
+
+
+def test_cuda_libraries_are_preloaded_when_a_session_cannot_use_cuda(
+    model_bytes, cuda_build, monkeypatch
+):
+    """onnxruntime-gpu does not find the CUDA libraries of the nvidia-* wheels by itself: when
+    a CUDA session comes back without CUDA, onnxruntime.preload_dlls() runs (once a process)
+    and the session is made again; what it printed goes into the error of a session that
+    still cannot use CUDA. A session that gets CUDA at once preloads nothing."""
+    import onnxruntime
+
+    made, preloads, missing = [], [], [True]  # the libraries are missing at first
+
+    class Session:
+        def __init__(self, model, sess_options=None, providers=None, **kwargs):
+            made.append(providers)
+            names = [p[0] if isinstance(p, tuple) else p for p in providers]
+            self.providers = ["CPUExecutionProvider"] if missing.pop() else names
+            missing.append(False)
+
+        def get_providers(self):
+            return self.providers
+
+    def preload():
+        preloads.append(True)
+        print("Failed to load libcublas.so.13")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    monkeypatch.setattr(onnxruntime, "preload_dlls", preload, raising=False)
+    monkeypatch.setattr(_session, "_preload_messages", None)
+    session = make_session(model_bytes, device="cuda")
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    assert len(made) == 2 and preloads == [True]
+    assert made[0][0] == ("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"})
+    # a working setup: no preload
+    made.clear()
+    make_session(model_bytes, device="auto")
+    assert len(made) == 1 and preloads == [True]
+    # still no CUDA after the preload: the error says what the preload printed
+    monkeypatch.setattr(Session, "get_providers", lambda self: ["CPUExecutionProvider"])
+    with pytest.raises(RuntimeError, match="fell back.*libcublas.so.13"):
+        make_session(model_bytes, device="cuda")
+    assert preloads == [True]  # once a process
+
+
+@pytest.mark.gpu
+def test_cuda_session_binds_and_matches_cpu(model_bytes):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime has no CUDA provider here")
+    if cuda_devices_hidden():
+        pytest.skip("CUDA_VISIBLE_DEVICES hides every GPU")
+    lazy = LazySession(model_bytes, device="cuda")
+    assert uses_io_binding(lazy.session)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (out,) = lazy.run(["y"], {"x": x})
+    np.testing.assert_array_equal(out, x + 1)

@@ -27,7 +27,15 @@ from skfusion.datasets import load_clothing_reviews
 from skfusion.encoders import TextEncoder
 from skfusion.encoders._base import EncodingError
 from skfusion.encoders._text import default_text_model
-from skfusion.runtime import cache_clear, cache_info
+from skfusion.runtime import (
+    cache_clear,
+    cache_info,
+    l2_normalize,
+    pool_sequence,
+    resolve_providers,
+    uses_io_binding,
+)
+from skfusion.runtime._session import cuda_devices_hidden
 
 N_REVIEWS = 200
 
@@ -136,9 +144,14 @@ def varied_texts():
     return titles + reviews + titles[:5] + [long_text, "ok"]
 
 
-@pytest.mark.parametrize("quantize", [None, "int8"])
+@pytest.fixture(scope="module")
+def fp16_encoder():
+    return TextEncoder(quantize="fp16", device="cpu").fit(["x"])
+
+
+@pytest.mark.parametrize("quantize", [None, "int8", "fp16"])
 def test_rows_do_not_depend_on_the_batch(
-    quantize, varied_texts, onnx_encoder, int8_encoder
+    quantize, varied_texts, onnx_encoder, int8_encoder, fp16_encoder
 ):
     """DESIGN §8: a text's embedding does not depend on the other texts of its batch, the
     batch size, the thread count or the embedding cache.
@@ -148,9 +161,10 @@ def test_rows_do_not_depend_on_the_batch(
     and no operation of the graph mixes the rows of a batch (int8 activations are quantised per
     token, the products are per row, attention is per text and head, LayerNorm per token). So
     a text meets the same kernels, on the same values, in the same shapes but for the number of
-    rows, wherever it is batched. Floats are not compared across CPUs or processes here.
+    rows, wherever it is batched. Floats are not compared across CPUs or processes here. The
+    fp16 graph on the CPU provider too (ONNX Runtime's casts are per value).
     """
-    fitted = onnx_encoder if quantize is None else int8_encoder
+    fitted = {None: onnx_encoder, "int8": int8_encoder, "fp16": fp16_encoder}[quantize]
     encoder = clone(fitted).set_params(device="cpu").fit(["x"])
 
     def encode(texts, batch_size, threads):
@@ -177,6 +191,102 @@ def test_rows_do_not_depend_on_the_batch(
         assert cache_info().hits - hits == len(set(varied_texts[::2]))
     cache_clear()
     np.testing.assert_array_equal(mixed, alone)
+
+
+def test_fp16_on_cpu_against_fp32(onnx_encoder, fp16_encoder, reviews, onnx_embeddings, reference):
+    """The fp16 graph (made for CUDA) checked on the CPU provider, on 200 real reviews: every
+    row within cosine 0.999 of the fp32 path (measured 0.9999992 here: the CPU runs float16
+    nodes in float32 between casts; on CUDA, where they compute in float16,
+    benchmarks/gpu_check.py checks the same bound)."""
+    emb = fp16_encoder.transform(reviews[0])
+    assert emb.dtype == np.float32 and emb.shape == onnx_embeddings.shape
+    assert _cosine(emb, onnx_embeddings).min() >= 0.999
+    assert _cosine(emb, reference).min() >= 0.999
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert len(fp16_encoder.onnx_model_) < 0.55 * len(onnx_encoder.onnx_model_)
+    assert fp16_encoder.embedding_dim_ == 384
+    # another number format, another output: the cache never mixes them
+    assert fp16_encoder._skfusion_fingerprint() != onnx_encoder._skfusion_fingerprint()
+    assert "quantize=fp16" in fp16_encoder._skfusion_fingerprint()
+    values, mask = fp16_encoder.transform_sequence(reviews[0][:3])
+    assert values.dtype == np.float32 and values.shape[2] == 384
+
+
+def test_transform_pools_inside_the_graph(onnx_encoder, reviews, onnx_embeddings, monkeypatch):
+    """transform asks the graph for its pooled output only (on a GPU nothing else comes
+    back), and that output is numpy's pooling of the token embeddings of transform_sequence:
+    mean over the tokens, then unit norm. Unit rows, float32 both ways, sums over up to 256
+    tokens and the norm taken in another order: within 1e-6 (measured 1e-7, a few units in
+    the last place of the largest values)."""
+    texts = reviews[0][:50]
+    values, mask = onnx_encoder.transform_sequence(texts)
+    expected = l2_normalize(pool_sequence(values, mask, "mean"))
+    np.testing.assert_allclose(onnx_embeddings[:50], expected, rtol=0, atol=1e-6)
+    encoder = pickle.loads(pickle.dumps(onnx_encoder))
+    lazy = encoder._onnx_session()
+    asked = []
+    real_run = lazy.run
+    monkeypatch.setattr(lazy, "run", lambda names, feeds: asked.append(names) or real_run(
+        names, feeds
+    ))
+    np.testing.assert_array_equal(encoder.transform(texts[:5]), onnx_embeddings[:5])
+    assert asked and all(names == ["sentence_embedding"] for names in asked)
+    asked.clear()
+    encoder.transform_sequence(texts[:2])
+    assert asked and all(names == ["token_embeddings"] for names in asked)
+    assert not uses_io_binding(lazy.session)  # CPU: plain session.run
+
+
+def test_graphs_without_pooled_output_still_pool(onnx_encoder, reviews, onnx_embeddings):
+    """An encoder fitted by an skfusion whose graph had no sentence_embedding output pools in
+    numpy, as it did."""
+    from skfusion.runtime._bert import build_bert_onnx
+
+    old = pickle.loads(pickle.dumps(onnx_encoder))
+    old.onnx_model_ = build_bert_onnx(default_text_model())  # token_embeddings only
+    got = old.transform(reviews[0][:20])
+    np.testing.assert_allclose(got, onnx_embeddings[:20], rtol=0, atol=1e-6)
+
+
+@pytest.fixture
+def cuda_build(monkeypatch):
+    """onnxruntime as its CUDA build lists its providers, on a host whose GPU is visible."""
+    import onnxruntime
+
+    monkeypatch.setattr(
+        onnxruntime,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_int8_is_refused_on_cuda(cuda_build, int8_encoder, reviews):
+    """int8 graphs are CPU graphs: an explicit CUDA device is a ValueError that says what to
+    do, at fit and after set_params; with device="auto" they run on the CPU, even where auto
+    picks CUDA for the other formats."""
+    assert resolve_providers("auto")[0] == "CUDAExecutionProvider"  # a GPU host, as it looks
+    match = r"quantize='int8' runs on the CPU only, but device='cuda:0' asks for CUDA"
+    with pytest.raises(ValueError, match=match):
+        TextEncoder(quantize="int8", device="cuda:0").fit(["x"])
+    moved = pickle.loads(pickle.dumps(int8_encoder)).set_params(device="cuda")
+    with pytest.raises(ValueError, match="use quantize='fp16'"):
+        moved.transform(["a text"])
+    auto = pickle.loads(pickle.dumps(int8_encoder))
+    assert auto.device == "auto" and auto._session_device() == "cpu"
+    assert auto._threads()[0] == 1  # the CPU way: one thread per batch
+    assert auto._onnx_session().device == "cpu"
+    texts = reviews[0][:10]
+    np.testing.assert_array_equal(auto.transform(texts), int8_encoder.transform(texts))
+
+
+def test_quantize_values(onnx_encoder):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="quantize"):
+        TextEncoder(quantize="int4").fit(["x"])
+    with pytest.raises(ValueError, match="quantize='fp16' needs the ONNX backend"):
+        TextEncoder(backend="torch", quantize="fp16").fit(["x"])
 
 
 def test_pads_to_longest_in_batch(onnx_encoder):
@@ -416,6 +526,29 @@ def test_tags():
     tags = TextEncoder().__sklearn_tags__()
     assert tags.input_tags.one_d_array and not tags.input_tags.two_d_array
     assert tags.input_tags.string
+
+
+def _skip_without_ort_cuda():
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime has no CUDA provider here")
+    if cuda_devices_hidden():
+        pytest.skip("CUDA_VISIBLE_DEVICES hides every GPU")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantize, bound", [(None, 0.99999), ("fp16", 0.999)])
+def test_onnx_on_cuda_matches_cpu(onnx_embeddings, reviews, quantize, bound):
+    """The CUDA provider end to end: IOBinding, pooled rows only, against the CPU fp32 path."""
+    _skip_without_ort_cuda()
+    gpu = TextEncoder(backend="onnx", device="cuda", quantize=quantize).fit(["x"])
+    session = gpu._onnx_session().session
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    assert uses_io_binding(session)
+    assert _cosine(gpu.transform(reviews[0]), onnx_embeddings).min() >= bound
+    values, mask = gpu.transform_sequence(reviews[0][:4])
+    assert values.dtype == np.float32 and mask.any(axis=1).all()
 
 
 @pytest.mark.gpu

@@ -21,8 +21,9 @@ __all__ = ["TextEncoder", "default_text_model"]
 
 HUB_DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
 # bump when the ONNX text pipeline around the graph (tokenising, batching, pooling) changes what
-# it outputs; the graph's own settings are in the fingerprint too (see _onnx_settings)
-_PIPELINE_VERSION = "text-onnx-2"
+# it outputs; the graph's own settings are in the fingerprint too (see _onnx_settings).
+# text-onnx-3: pooling and normalisation inside the graph (float32 rounding apart, the same).
+_PIPELINE_VERSION = "text-onnx-3"
 # torch's exporter is not safe to run in two threads at once (threading/dask backends); the
 # model store's file lock already serialises processes.
 _EXPORT_LOCK = threading.Lock()
@@ -125,20 +126,39 @@ def _ort_has_cuda():
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
-def _onnx_settings(info, quantize):
+def _refuse_int8_on_cuda(quantize, device):
+    """int8 graphs are for CPUs: an explicit CUDA device with them is an error."""
+    if quantize == "int8" and _wants_cuda(device):
+        raise ValueError(
+            f"quantize='int8' runs on the CPU only, but device={device!r} asks for CUDA: the "
+            "int8 graph's integer products (per-row QuantizeLinear, MatMulIntegerToFloat) are "
+            "CPU kernels in ONNX Runtime, which would run on the CPU with copies to and from "
+            "the GPU around them. On a GPU use quantize='fp16' (or None); for int8 use "
+            "device='cpu' or 'auto' (with int8, 'auto' runs on the CPU)."
+        )
+
+
+def _onnx_settings(info, quantize, normalize):
     """(settings, graph kind) of the ONNX model that fit makes for a model folder.
 
     The settings are the model store's description of the graph (its key without the model
-    hash); the embedding-cache fingerprint includes them, so rows computed by another version
-    of the graph are never served.
+    hash): the graph, its precision, and the pooling appended to it (modes and normalisation,
+    see :func:`skfusion.runtime._bert.add_sentence_pooling`). The embedding-cache fingerprint
+    includes them, so rows computed by another version of the graph are never served.
     """
-    from ..runtime._bert import BERT_GRAPH_SETTINGS, bert_graph_support
+    from ..runtime._bert import BERT_GRAPH_SETTINGS, SENTENCE_POOLING_SETTINGS, bert_graph_support
     from ..runtime._export import EXPORT_SETTINGS, INT8_SETTINGS
+    from ..runtime._session import FLOAT16_SETTINGS
 
+    pooled = (
+        f"|{SENTENCE_POOLING_SETTINGS}|pooling={'+'.join(info['pooling'])}|"
+        f"normalize={bool(normalize)}"
+    )
+    fp16 = f"|{FLOAT16_SETTINGS}" if quantize == "fp16" else ""
     if bert_graph_support(info["transformer_dir"]) is None:
-        return f"{BERT_GRAPH_SETTINGS}|quantize={quantize}", "fused-bert"
+        return f"{BERT_GRAPH_SETTINGS}|quantize={quantize}{fp16}{pooled}", "fused-bert"
     settings = EXPORT_SETTINGS + (f"|{INT8_SETTINGS}" if quantize == "int8" else "")
-    return settings, "torch-export"
+    return settings + fp16 + pooled, "torch-export"
 
 
 class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
@@ -156,7 +176,10 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     sorted by length and batched by length (a batch holds texts of one length, never padded,
     so that a text's embedding does not depend on the other texts of its batch),
     then pooled (mean / CLS / max, from the model's ``1_Pooling/config.json``) and normalised
-    when the model has a ``Normalize`` module. The fitted encoder keeps the ONNX bytes and the
+    when the model has a ``Normalize`` module, inside the graph: its output
+    ``sentence_embedding`` is all that :meth:`transform` asks for, and on the CUDA provider
+    (an IOBinding, see :func:`skfusion.runtime.run_session`) all that leaves the GPU. The
+    fitted encoder keeps the ONNX bytes and the
     tokenizer, so a persisted encoder scores without torch or sentence-transformers. The torch
     backend calls ``SentenceTransformer.encode`` and reloads the model from
     ``model_name_or_path`` after unpickling.
@@ -176,11 +199,16 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         ``"auto"``: ONNX when the model folder supports it, unless ``device`` asks for CUDA and
         onnxruntime has no CUDA provider (then torch, which can use the GPU).
 
-    quantize : {None, "int8"}, default=None
-        ``"int8"``: dynamic int8 quantisation of the ONNX model (faster on CPU). BERT models:
-        activations quantised per token and weights per output channel, mean cosine to
-        float32 about 0.997; other models: ONNX Runtime's dynamic quantisation (one scale per
-        batch, so a row then depends on its batch mates), about 0.99. ONNX backend only.
+    quantize : {None, "int8", "fp16"}, default=None
+        The ONNX model's number format (ONNX backend only). ``None``: float32. ``"int8"``:
+        dynamic int8 quantisation, for CPUs (faster there); BERT models: activations quantised
+        per token and weights per output channel, mean cosine to float32 about 0.997; other
+        models: ONNX Runtime's dynamic quantisation (one scale per batch, so a row then
+        depends on its batch mates), about 0.99. int8 runs on the CPU only: with
+        ``device="auto"`` it uses the CPU, and an explicit CUDA device is an error.
+        ``"fp16"``: the float32 graph converted to float16 (float32 inputs and outputs), for
+        the CUDA provider (cosine to float32 ≥ 0.999); a CPU runs it too (at about float32's
+        speed, no faster), so that a model fitted on a GPU scores on a CPU-only host.
 
     batch_size : int, default=32
         Texts encoded per forward pass.
@@ -192,8 +220,10 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. ONNX backend: mapped to ONNX Runtime
         execution providers by :func:`skfusion.runtime.resolve_providers` (``"auto"`` uses the
-        CUDA provider when onnxruntime has one). Torch backend: ``"auto"`` is CUDA when torch
-        sees a GPU. An explicit CUDA device that cannot be used is an error.
+        CUDA provider when onnxruntime has one and ``CUDA_VISIBLE_DEVICES`` does not hide
+        every GPU; int8 graphs always run on the CPU). Torch backend: ``"auto"`` is CUDA when
+        torch sees a GPU. An explicit CUDA device that cannot be used is an error, and so is
+        one with ``quantize="int8"``.
 
     intra_op_num_threads : int, default=None
         ONNX Runtime threads; ``None`` uses
@@ -223,7 +253,9 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         Content hash of the model folder (the name itself for a hub model).
 
     onnx_model_ : bytes or None
-        The ONNX model (int8 when ``quantize="int8"``); None for the torch backend.
+        The ONNX model (int8 / float16 as ``quantize`` says), with the outputs
+        ``token_embeddings`` and ``sentence_embedding`` (pooled and normalised inside the
+        graph); None for the torch backend.
 
     onnx_graph_ : str or None
         How the ONNX model was made: ``"fused-bert"`` (BERT models: a graph of ONNX Runtime's
@@ -258,7 +290,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "model_name_or_path": [str, os.PathLike, None],
         "backend": [StrOptions({"auto", "onnx", "torch"})],
-        "quantize": [StrOptions({"int8"}), None],
+        "quantize": [StrOptions({"int8", "fp16"}), None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "normalize_embeddings": ["boolean"],
         "device": [str],
@@ -340,7 +372,12 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             backend, info = self._choose_backend(name)
             model_hash = self._model_hash(name)
             normalize = bool(self.normalize_embeddings or (info and info["normalize"]))
-            graph = _onnx_settings(info, self.quantize)[0] if backend == "onnx" else None
+            graph = _onnx_settings(info, self.quantize, normalize)[0] if backend == "onnx" else None
+        # The device is left out on purpose: CUDA and CPU kernels give the same graph's output
+        # up to the rounding of its number format (float32: about 1e-7 of a row's norm, as
+        # between two CPUs with other instruction sets; fp16: float16 rounding on both), and
+        # a cache filled on a GPU host must serve the CPU host that scores the same model.
+        # The number format itself (quantize) changes the output, so it is in.
         quantize = self.quantize if backend == "onnx" else None
         version = _PIPELINE_VERSION if backend == "onnx" else "st"
         return (
@@ -372,6 +409,14 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self._model = st.SentenceTransformer(name, device=resolve_device(self.device))
         return self._model
 
+    def _session_device(self):
+        """The device of the ONNX session: ``device``, but the CPU for int8 graphs.
+
+        Raises a ``ValueError`` for int8 with an explicit CUDA device (see ``quantize``).
+        """
+        _refuse_int8_on_cuda(self.quantize, self.device)
+        return "cpu" if self.quantize == "int8" else self.device
+
     def _threads(self):
         """(session intra-op threads, batches run at once).
 
@@ -382,7 +427,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         from ..runtime import default_intra_op_threads, resolve_providers
 
         threads = self.intra_op_num_threads or default_intra_op_threads()
-        if resolve_providers(self.device) == ["CPUExecutionProvider"]:
+        if resolve_providers(self._session_device()) == ["CPUExecutionProvider"]:
             return 1, threads
         return threads, 1
 
@@ -390,15 +435,16 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         from ..runtime import LazySession, resolve_providers
         from ..runtime._bert import CPU_DISABLED_OPTIMIZERS
 
+        device = self._session_device()
         session_threads, _ = self._threads()
-        settings = (self.device, session_threads)
+        settings = (device, session_threads)
         lazy = getattr(self, "_lazy", None)
         if lazy is None or getattr(self, "_lazy_settings", None) != settings:
             disabled = ()
             fused = getattr(self, "onnx_graph_", None) == "fused-bert"
-            if fused and resolve_providers(self.device) == ["CPUExecutionProvider"]:
+            if fused and resolve_providers(device) == ["CPUExecutionProvider"]:
                 disabled = CPU_DISABLED_OPTIMIZERS
-            lazy = LazySession(self.onnx_model_, self.device, session_threads, disabled)
+            lazy = LazySession(self.onnx_model_, device, session_threads, disabled)
             inputs, outputs = set(lazy.input_names), set(lazy.output_names)
             if not {"input_ids", "attention_mask"} <= inputs or "token_embeddings" not in outputs:
                 raise ValueError(
@@ -442,6 +488,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             The fitted encoder.
         """
         self._split(X)
+        _refuse_int8_on_cuda(self.quantize, self.device)
         for key in ("_model", "_lazy", "_lazy_settings", "_tok"):
             self.__dict__.pop(key, None)
         name = self._resolved_model_name()
@@ -479,30 +526,47 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
     def _fit_onnx(self, info):
         from ..runtime import store_get_or_create
-        from ..runtime._bert import build_bert_onnx
+        from ..runtime._bert import add_sentence_pooling, build_bert_onnx
         from ..runtime._export import (
             EXPORT_SETTINGS,
             INT8_SETTINGS,
             export_transformer_onnx,
             quantize_int8,
         )
+        from ..runtime._session import FLOAT16_SETTINGS, float16_model
 
         tokenizers = import_optional_dependency("tokenizers", purpose="TextEncoder")
         folder = info["transformer_dir"]
-        settings, graph = _onnx_settings(info, self.quantize)
+        normalize = bool(self.normalize_embeddings or info["normalize"])
+        settings, graph = _onnx_settings(info, self.quantize, normalize)
+        pooling = tuple(info["pooling"])
+
+        def pooled(model_bytes):
+            # masked pooling and normalisation inside the graph: output 'sentence_embedding'
+            return add_sentence_pooling(model_bytes, pooling, normalize)
+
+        key = f"{settings}|model={self.model_hash_}"
         if graph == "fused-bert":
             # BERT family: the fused graph written from the weights (no torch needed)
-            key = f"{settings}|model={self.model_hash_}"
-            model_bytes = store_get_or_create(key, lambda: build_bert_onnx(folder, self.quantize))
+            model_bytes = store_get_or_create(
+                key, lambda: pooled(build_bert_onnx(folder, self.quantize))
+            )
         else:
-            key = f"{EXPORT_SETTINGS}|model={self.model_hash_}"
+            base = f"{EXPORT_SETTINGS}|model={self.model_hash_}"
             with _EXPORT_LOCK:
-                model_bytes = store_get_or_create(key, lambda: export_transformer_onnx(info))
+                model_bytes = store_get_or_create(base, lambda: export_transformer_onnx(info))
                 if self.quantize == "int8":
                     fp32 = model_bytes
                     model_bytes = store_get_or_create(
-                        f"{key}|{INT8_SETTINGS}", lambda: quantize_int8(fp32)
+                        f"{base}|{INT8_SETTINGS}", lambda: quantize_int8(fp32)
                     )
+                elif self.quantize == "fp16":
+                    fp32 = model_bytes
+                    model_bytes = store_get_or_create(
+                        f"{base}|{FLOAT16_SETTINGS}", lambda: float16_model(fp32)
+                    )
+                unpooled = model_bytes
+                model_bytes = store_get_or_create(key, lambda: pooled(unpooled))
         self.onnx_graph_ = graph
         self._graph_settings = settings
         tok = tokenizers.Tokenizer.from_file(os.fspath(info["tokenizer_file"]))
@@ -513,14 +577,15 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self.onnx_model_ = model_bytes
         self.tokenizer_json_ = tok.to_str()
         self.max_seq_length_ = info["max_seq_length"]
-        self.pooling_ = tuple(info["pooling"])
-        self.normalize_ = bool(self.normalize_embeddings or info["normalize"])
+        self.pooling_ = pooling
+        self.normalize_ = normalize
         self._do_lower_case = info["do_lower_case"]
         self._tok = tok
-        hidden = self._onnx_session().session.get_outputs()[0].shape[-1]
-        if not isinstance(hidden, Integral):
-            hidden = self._run_onnx(["x"])[0][1].shape[-1]
-        self.embedding_dim_ = int(hidden) * len(self.pooling_)
+        outputs = {o.name: o for o in self._onnx_session().session.get_outputs()}
+        width = outputs["sentence_embedding"].shape[-1]
+        if not isinstance(width, Integral):
+            width = self._run_onnx(["x"], "sentence_embedding")[0][1].shape[-1]
+        self.embedding_dim_ = int(width)
 
     # --- transform ---
     def _split(self, X):
@@ -569,8 +634,12 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             texts = [t.lower() for t in texts]
         return self._tokenizer().encode_batch(texts)
 
-    def _run_onnx(self, texts):
-        """Token embeddings per batch, in length order: yields (row indices, values, mask)."""
+    def _run_onnx(self, texts, output="token_embeddings"):
+        """One output per batch, in length order: a list of (row indices, values, mask).
+
+        ``output`` is ``"token_embeddings"`` (batch, length, hidden) or ``"sentence_embedding"``
+        (batch, embedding_dim_: pooled and normalised inside the graph).
+        """
         encodings = self._tokenize(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.intp, count=len(texts))
         lazy = self._onnx_session()
@@ -586,7 +655,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             mask = np.ones_like(ids)
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             feeds = {k: v for k, v in feeds.items() if k in names}
-            (values,) = lazy.run(["token_embeddings"], feeds)
+            (values,) = lazy.run([output], feeds)
             return rows, values, mask
 
         batches = length_batches(lengths, batch_size)
@@ -603,6 +672,12 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         from ..runtime import l2_normalize, pool_sequence
 
         out = np.empty((len(texts), self.embedding_dim_), dtype=np.float32)
+        if "sentence_embedding" in self._onnx_session().output_names:
+            # pooled (and normalised) inside the graph: on a GPU only these rows come back
+            for rows, values, _ in self._run_onnx(texts, "sentence_embedding"):
+                out[rows] = values
+            return out
+        # a graph fitted by an skfusion that did not pool inside it
         for rows, values, mask in self._run_onnx(texts):
             pooled = [pool_sequence(values, mask, mode) for mode in self.pooling_]
             emb = np.concatenate(pooled, axis=1) if len(pooled) > 1 else pooled[0]

@@ -6,9 +6,9 @@ Sessions
 --------
 ``resolve_providers(device="auto") -> list[str]``
     ``"auto"`` → ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` when the installed
-    onnxruntime exposes CUDA, else ``["CPUExecutionProvider"]``; ``"cpu"``; ``"cuda"`` /
-    ``"cuda:N"`` (``RuntimeError`` when onnxruntime has no CUDA provider). Other strings give
-    ``ValueError``.
+    onnxruntime exposes CUDA and ``CUDA_VISIBLE_DEVICES`` does not hide every GPU, else
+    ``["CPUExecutionProvider"]``; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (``RuntimeError`` when
+    onnxruntime has no CUDA provider). Other strings give ``ValueError``.
 ``make_session(model_bytes, *, device="auto", intra_op_num_threads=None) -> InferenceSession``
     Graph optimisation ``ORT_ENABLE_ALL``, sequential execution, the CPU provider as fallback.
     ``model_bytes`` may also be a path. Corrupt or non-ONNX bytes raise ``ValueError``; a CUDA
@@ -19,7 +19,14 @@ Sessions
 ``LazySession(model_bytes, device="auto", intra_op_num_threads=None)``
     Picklable holder: ``.session`` (built on first access, thread-safe, dropped by
     ``__getstate__``), ``.run(output_names, feeds)``, ``.input_names``, ``.output_names``,
-    ``.model_bytes``, ``.device``.
+    ``.model_bytes``, ``.device``. On the CUDA provider ``.run`` goes through ``run_session``.
+``run_session(session, output_names, feeds, device_id=0) -> list[ndarray]``
+    CUDA sessions: an IOBinding (host inputs bound with ``bind_cpu_input``, the requested
+    outputs allocated on the GPU and copied back once); others: ``session.run``.
+    ``uses_io_binding(session)`` says which.
+``float16_model(model_bytes) -> bytes``
+    The model in float16 with float32 inputs and outputs (``onnxruntime.transformers``'
+    converter, ``keep_io_types=True``); the CPU provider runs it too.
 
 Model store
 -----------
@@ -36,7 +43,9 @@ Pooling
 -------
 ``pool_sequence(values, mask, mode="mean")``
     (n, T, d) → (n, d) over the unmasked positions; modes ``"mean"``, ``"cls"``, ``"max"``,
-    ``"mean_sqrt_len"``. ``l2_normalize(rows)`` scales rows to unit norm.
+    ``"mean_sqrt_len"``. ``l2_normalize(rows)`` scales rows to unit norm. The same pooling in
+    ONNX nodes, appended to a text graph as its output ``sentence_embedding``, is
+    ``skfusion.runtime._bert.add_sentence_pooling``.
 
 Export (private, ``skfusion.runtime._export``)
 ----------------------------------------------
@@ -63,7 +72,15 @@ from ._cache import (
     estimator_fingerprint,
 )
 from ._pooling import l2_normalize, pool_sequence
-from ._session import LazySession, default_intra_op_threads, make_session, resolve_providers
+from ._session import (
+    LazySession,
+    default_intra_op_threads,
+    float16_model,
+    make_session,
+    resolve_providers,
+    run_session,
+    uses_io_binding,
+)
 from ._store import content_hash, model_store_dir, store_get_or_create, store_path
 
 __all__ = [
@@ -77,10 +94,13 @@ __all__ = [
     "default_intra_op_threads",
     "l2_normalize",
     "estimator_fingerprint",
+    "float16_model",
     "make_session",
     "model_store_dir",
     "pool_sequence",
     "resolve_providers",
+    "run_session",
     "store_get_or_create",
     "store_path",
+    "uses_io_binding",
 ]

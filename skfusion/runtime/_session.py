@@ -2,14 +2,26 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+import contextlib
+import io
 import multiprocessing
 import os
+import sys
 import threading
 import weakref
 
 from .._utils import import_optional_dependency
 
-__all__ = ["LazySession", "default_intra_op_threads", "make_session", "resolve_providers"]
+__all__ = [
+    "FLOAT16_SETTINGS",
+    "LazySession",
+    "default_intra_op_threads",
+    "float16_model",
+    "make_session",
+    "resolve_providers",
+    "run_session",
+    "uses_io_binding",
+]
 
 _CPU = "CPUExecutionProvider"
 _CUDA = "CUDAExecutionProvider"
@@ -37,15 +49,42 @@ def _parse_device(device):
     )
 
 
+def cuda_devices_hidden():
+    """Whether ``CUDA_VISIBLE_DEVICES`` hides every GPU from this process.
+
+    ``CUDA_VISIBLE_DEVICES=""`` (or ``"-1"``, or a list that starts with an entry that names
+    no device) is the usual way to keep a process off the GPUs. The CUDA build of onnxruntime
+    lists its CUDA provider all the same (the list says what the build has, not what the
+    machine has), so ``device="auto"`` reads the variable too.
+
+    Returns
+    -------
+    hidden : bool
+        True when the variable is set and names no device.
+
+    Examples
+    --------
+    >>> from skfusion.runtime._session import cuda_devices_hidden
+    >>> isinstance(cuda_devices_hidden(), bool)
+    True
+    """
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return False
+    first = value.split(",")[0].strip()
+    return not (first.isdigit() or first.startswith(("GPU-", "MIG-")))
+
+
 def resolve_providers(device="auto"):
     """ONNX Runtime execution providers for a ``device`` string.
 
     Parameters
     ----------
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
-        ``"auto"`` picks the CUDA provider when the installed onnxruntime exposes it, else the
-        CPU one; ``"cpu"`` always uses the CPU; ``"cuda"``/``"cuda:N"`` require the CUDA
-        provider and raise a ``RuntimeError`` when this onnxruntime build has none.
+        ``"auto"`` picks the CUDA provider when the installed onnxruntime exposes it and
+        ``CUDA_VISIBLE_DEVICES`` does not hide every GPU, else the CPU one; ``"cpu"`` always
+        uses the CPU; ``"cuda"``/``"cuda:N"`` require the CUDA provider and raise a
+        ``RuntimeError`` when this onnxruntime build has none.
 
     Returns
     -------
@@ -64,7 +103,7 @@ def resolve_providers(device="auto"):
     if kind == "cpu":
         return [_CPU]
     available = _ort().get_available_providers()
-    if _CUDA in available:
+    if _CUDA in available and (kind == "cuda" or not cuda_devices_hidden()):
         return [_CUDA, _CPU]
     if kind == "cuda":
         raise RuntimeError(
@@ -76,12 +115,18 @@ def resolve_providers(device="auto"):
 
 
 def _provider_entries(device):
-    """Providers with their options (the CUDA device id) for ``InferenceSession``."""
+    """Providers with their options for ``InferenceSession``.
+
+    The CUDA provider gets its device id and ``use_tf32=0``: float32 products then run in
+    float32, not in TF32 (10-bit mantissa, ONNX Runtime's default on Ampere and later GPUs),
+    so that a float32 model gives the CPU's answer to float32 rounding. Speed on a GPU is what
+    float16 models are for (``quantize="fp16"``).
+    """
     _, device_id = _parse_device(device)
     entries = []
     for name in resolve_providers(device):
         if name == _CUDA:
-            entries.append((name, {"device_id": device_id or 0}))
+            entries.append((name, {"device_id": str(device_id or 0), "use_tf32": "0"}))
         else:
             entries.append(name)
     return entries
@@ -123,6 +168,35 @@ def default_intra_op_threads():
     if _in_worker_process():
         return 1
     return _usable_cpus()
+
+
+_preload_lock = threading.Lock()
+_preload_messages = None
+
+
+def _preload_cuda_libraries(ort):
+    """Load the CUDA, cuBLAS and cuDNN libraries of the ``nvidia-*`` wheels, once a process.
+
+    ``onnxruntime-gpu`` finds its CUDA libraries on the loader path or, when they come from
+    pip (``onnxruntime-gpu[cuda,cudnn]`` and ``nvidia-cublas``), only after
+    ``onnxruntime.preload_dlls()`` (or an ``import torch`` built for the same CUDA) has
+    loaded them. :func:`make_session` calls this when a CUDA session could not be made, then
+    tries again; a setup that works without it is left alone. What it prints about libraries
+    it could not load is kept for the error message of a CUDA session that still fails.
+    """
+    global _preload_messages
+    with _preload_lock:
+        if _preload_messages is None:
+            preload = getattr(ort, "preload_dlls", None)
+            out = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(out):
+                    if preload is not None:
+                        preload()
+            except Exception as exc:  # a failed preload is reported if the session fails
+                out.write(f"preload_dlls failed: {type(exc).__name__}: {exc}")
+            _preload_messages = out.getvalue().strip()
+    return _preload_messages
 
 
 def _load_error(exc):
@@ -193,24 +267,163 @@ def make_session(model_bytes, *, device="auto", intra_op_num_threads=None, disab
         # sharing the machine: do not burn cores spin-waiting between ops
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
-    try:
-        session = ort.InferenceSession(
-            model_bytes,
-            sess_options=options,
-            providers=providers,
-            disabled_optimizers=list(disabled_optimizers) or None,
-        )
-    except Exception as exc:  # ORT raises its own pybind exception types
-        message = str(exc)
+
+    def create():
+        try:
+            return ort.InferenceSession(
+                model_bytes,
+                sess_options=options,
+                providers=providers,
+                disabled_optimizers=list(disabled_optimizers) or None,
+            )
+        except Exception as exc:  # ORT raises its own pybind exception types
+            return exc
+
+    session = create()
+    preloaded = ""
+    wants_cuda = any(isinstance(p, tuple) and p[0] == _CUDA for p in providers)
+    if wants_cuda and (isinstance(session, Exception) or _CUDA not in session.get_providers()):
+        # the CUDA libraries may come from the nvidia-* wheels, which are not on the loader
+        # path: load them (once a process) and try again
+        preloaded = _preload_cuda_libraries(ort)
+        session = create()
+    if isinstance(session, Exception):
+        exc, message = session, str(session)
         if "CUDA" in message and kind == "cuda":
-            raise RuntimeError(f"ONNX Runtime could not use CUDA: {message}") from exc
+            raise RuntimeError(
+                f"ONNX Runtime could not use CUDA: {message}" + _cuda_hint(preloaded)
+            ) from exc
         raise _load_error(exc) from exc
     if kind == "cuda" and _CUDA not in session.get_providers():
         raise RuntimeError(
             f"device={device!r} was requested but ONNX Runtime fell back to "
             f"{session.get_providers()} (the CUDA libraries could not be loaded)."
+            + _cuda_hint(preloaded)
         )
     return session
+
+
+def _cuda_hint(preloaded):
+    hint = (
+        " onnxruntime-gpu 1.31 needs CUDA 13, cuDNN 9 and cuBLAS: `pip install "
+        "'skfusion[gpu]'` installs them from PyPI (see the installation page)."
+    )
+    return hint + (f" preload_dlls said: {preloaded[-500:]}" if preloaded else "")
+
+
+def uses_io_binding(session):
+    """Whether :func:`run_session` runs ``session`` through an IOBinding.
+
+    Only sessions whose first provider is CUDA do: their outputs are bound on the GPU and
+    copied back once, after the run. CPU sessions keep the plain ``session.run``, which
+    already writes into host memory.
+
+    Parameters
+    ----------
+    session : onnxruntime.InferenceSession
+        A built session.
+
+    Returns
+    -------
+    bound : bool
+        True for a CUDA session.
+
+    Examples
+    --------
+    >>> from skfusion.runtime import uses_io_binding
+    >>> class CpuSession:
+    ...     def get_providers(self):
+    ...         return ["CPUExecutionProvider"]
+    >>> uses_io_binding(CpuSession())
+    False
+    """
+    providers = session.get_providers()
+    return bool(providers) and providers[0] == _CUDA
+
+
+def run_session(session, output_names, feeds, device_id=0):
+    """Run ``session``: IOBinding on CUDA, ``session.run`` elsewhere.
+
+    On CUDA the host inputs are bound with ``bind_cpu_input`` (copied to the GPU by the run),
+    the requested outputs are allocated on the GPU (``bind_output(name, "cuda")``), and only
+    those are copied to the host after ``run_with_iobinding``: a model that pools inside its
+    graph sends nothing but the pooled vectors back. No torch is involved.
+
+    Parameters
+    ----------
+    session : onnxruntime.InferenceSession
+        A built session.
+    output_names : list of str or None
+        Outputs to compute; ``None`` computes all.
+    feeds : dict of str to ndarray
+        Input arrays by input name.
+    device_id : int, default=0
+        The CUDA device the session runs on.
+
+    Returns
+    -------
+    outputs : list of ndarray
+        One host array per requested output.
+    """
+    if not uses_io_binding(session):
+        return session.run(output_names, feeds)
+    if output_names is None:
+        output_names = [node.name for node in session.get_outputs()]
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, value)
+    for name in output_names:
+        binding.bind_output(name, device_type="cuda", device_id=int(device_id))
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
+
+
+# Everything that changes float16_model's bytes; part of the model-store keys of fp16 graphs
+# and of the embedding-cache fingerprints of their encoders.
+FLOAT16_SETTINGS = "fp16=ort-transformers-float16|keep_io_types|v1"
+
+
+def float16_model(model_bytes, op_block_list=None):
+    """The float16 version of an ONNX model, with float32 inputs and outputs.
+
+    ``onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)``: float
+    weights become float16, the graph computes in float16, and a ``Cast`` at each float input
+    and output keeps the model's interface float32. Made for the CUDA provider (tensor cores,
+    half the memory traffic). The CPU provider runs such a graph too (ONNX Runtime casts around
+    the nodes it has no float16 kernel for), slower than the float32 graph: that is how a
+    model fitted on a GPU scores on a CPU-only host, and how tests check it without a GPU.
+
+    Parameters
+    ----------
+    model_bytes : bytes
+        A float32 ONNX model.
+    op_block_list : list of str, default=None
+        Operator types to keep in float32; ``None`` uses the converter's default list.
+
+    Returns
+    -------
+    model_bytes : bytes
+        The float16 model.
+    """
+    onnx = import_optional_dependency("onnx", purpose="converting ONNX models to float16")
+    _ort()
+    before = list(sys.path)
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as exc:  # pragma: no cover - shipped with every onnxruntime wheel
+        raise ImportError(
+            "float16 conversion needs onnxruntime's `onnxruntime.transformers.float16` "
+            f"module ({exc}); reinstall onnxruntime (or onnxruntime-gpu)."
+        ) from exc
+    finally:
+        # the package's __init__ appends its own folder to sys.path: undo that
+        folder = os.path.join("onnxruntime", "transformers")
+        sys.path[:] = [p for p in sys.path if p in before or not p.rstrip(os.sep).endswith(folder)]
+    model = onnx.load_from_string(bytes(model_bytes))
+    converted = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=op_block_list, disable_shape_infer=False
+    )
+    return converted.SerializeToString()
 
 
 # Sessions by (process, bytes object, settings), alive while a LazySession holds them. The
@@ -313,7 +526,10 @@ class LazySession:
         return [node.name for node in self.session.get_outputs()]
 
     def run(self, output_names, feeds):
-        """Run the model: ``session.run(output_names, feeds)``.
+        """Run the model: ``session.run(output_names, feeds)``, or an IOBinding on CUDA.
+
+        See :func:`run_session`: on the CUDA provider the outputs are bound on the GPU and
+        only the requested ones are copied to the host.
 
         Parameters
         ----------
@@ -327,7 +543,8 @@ class LazySession:
         outputs : list of ndarray
             One array per requested output.
         """
-        return self.session.run(output_names, feeds)
+        _, device_id = _parse_device(self.device)
+        return run_session(self.session, output_names, feeds, device_id or 0)
 
     def __getstate__(self):
         state = self.__dict__.copy()
