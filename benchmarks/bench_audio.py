@@ -60,7 +60,9 @@ def startup_seconds(path, numba_cache_dir=None):
     env = dict(os.environ)
     if numba_cache_dir is not None:
         env["NUMBA_CACHE_DIR"] = numba_cache_dir
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
     return float(out.stdout.split()[-1])
 
 
@@ -86,25 +88,36 @@ def main():
 
     n = len(paths)
     print(f"per-file librosa.load + mfcc loop : {n / t_ref:8.1f} clips/s ({t_ref:6.2f} s)")
-    print(f"AudioEncoder(n_jobs=None)         : {n / t_seq:8.1f} clips/s ({t_seq:6.2f} s)  "
-          f"x{t_ref / t_seq:.2f}")
-    print(f"AudioEncoder(n_jobs={args.n_jobs})            : {n / t_par:8.1f} clips/s ({t_par:6.2f} s)  "
-          f"x{t_ref / t_par:.2f}")
+    print(
+        f"AudioEncoder(n_jobs=None)         : {n / t_seq:8.1f} clips/s ({t_seq:6.2f} s)  "
+        f"x{t_ref / t_seq:.2f}"
+    )
+    print(
+        f"AudioEncoder(n_jobs={args.n_jobs})            : "
+        f"{n / t_par:8.1f} clips/s ({t_par:6.2f} s)  "
+        f"x{t_ref / t_par:.2f}"
+    )
     diff = max(np.abs(X_seq - ref).max(), np.abs(X_par - ref).max())
-    print(f"max |AudioEncoder - librosa loop| = {diff:.2e} (features up to {np.abs(ref).max():.0f})")
+    print(
+        f"max |AudioEncoder - librosa loop| = {diff:.2e} (features up to {np.abs(ref).max():.0f})"
+    )
     if not diff < 1e-3:
         raise SystemExit("features differ from the per-file librosa computation")
     # DESIGN §8: the decoding threads must not change a clip's features
     same = np.array_equal(X_seq, X_par)
-    print(f"AudioEncoder n_jobs=None and n_jobs={args.n_jobs} give bitwise equal features: {same}"
-          + ("" if same else f" (max |diff| {np.abs(X_seq - X_par).max():.2e})"))
+    print(
+        f"AudioEncoder n_jobs=None and n_jobs={args.n_jobs} give bitwise equal features: {same}"
+        + ("" if same else f" (max |diff| {np.abs(X_seq - X_par).max():.2e})")
+    )
 
     if args.startup:
         warm = startup_seconds(paths[0])
         with tempfile.TemporaryDirectory() as empty:
             cold = startup_seconds(paths[0], numba_cache_dir=empty)
-        print(f"fresh process, import + first clip: {warm:.1f} s with numba's cache, "
-              f"{cold:.1f} s with an empty NUMBA_CACHE_DIR (first call ever)")
+        print(
+            f"fresh process, import + first clip: {warm:.1f} s with numba's cache, "
+            f"{cold:.1f} s with an empty NUMBA_CACHE_DIR (first call ever)"
+        )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def run(title, mods, X_train, y_train, X_test, y_test, binary, sequences=None):
         proba = model.predict_proba(X_test)
         pred = model.classes_[proba.argmax(1)]
         score = (
-            f"F1 {f1_score(y_test, pred):.3f}  PR-AUC {average_precision_score(y_test, proba[:, 1]):.3f}"
+            f"F1 {f1_score(y_test, pred):.3f}  "
+            f"PR-AUC {average_precision_score(y_test, proba[:, 1]):.3f}"
             if binary
             else f"log-loss {log_loss(y_test, proba, labels=model.classes_):.3f}"
         )
@@ -87,7 +88,9 @@ def reviews():
         ("tab", StandardScaler(), data.numerical_columns),
         (
             "cat",
-            make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
+            make_pipeline(
+                SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")
+            ),
             data.categorical_columns,
         ),
     ]

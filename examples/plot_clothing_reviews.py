@@ -24,10 +24,18 @@ from skfusion.encoders import TextEncoder
 reviews = load_clothing_reviews()
 X, y, split = reviews.data, reviews.target, reviews.split
 X_train, _, y_train, _ = train_test_split(
-    X[split == "train"], y[split == "train"], train_size=800, stratify=y[split == "train"], random_state=0
+    X[split == "train"],
+    y[split == "train"],
+    train_size=800,
+    stratify=y[split == "train"],
+    random_state=0,
 )
 X_test, _, y_test, _ = train_test_split(
-    X[split == "test"], y[split == "test"], train_size=400, stratify=y[split == "test"], random_state=0
+    X[split == "test"],
+    y[split == "test"],
+    train_size=400,
+    stratify=y[split == "test"],
+    random_state=0,
 )
 print(f"titles missing in {X_train['Title'].isna().mean():.0%} of the training rows")
 
@@ -39,7 +47,9 @@ tab = [("tab", StandardScaler(), ["Age", "Rating", "Positive Feedback Count"])]
 models = {
     "text only": make_pipeline(EarlyFusion(text), LogisticRegression(max_iter=2000)),
     "tabular only": make_pipeline(EarlyFusion(tab), LogisticRegression(max_iter=2000)),
-    "early fusion": make_pipeline(EarlyFusion(text + tab, scaling="block"), LogisticRegression(max_iter=2000)),
+    "early fusion": make_pipeline(
+        EarlyFusion(text + tab, scaling="block"), LogisticRegression(max_iter=2000)
+    ),
     "late fusion": LateFusionClassifier(text + tab, cv=3),
 }
 scores = {}

@@ -27,7 +27,11 @@ X = digits.data.copy()
 X["photo"] = X["image"].map(lambda pixels: 1.0 - pixels / 16.0)
 y, split = digits.target, digits.split
 X_train, _, y_train, _ = train_test_split(
-    X[split == "train"], y[split == "train"], train_size=600, stratify=y[split == "train"], random_state=0
+    X[split == "train"],
+    y[split == "train"],
+    train_size=600,
+    stratify=y[split == "train"],
+    random_state=0,
 )
 X_test, y_test = X[split == "test"], y[split == "test"]
 

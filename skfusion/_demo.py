@@ -155,7 +155,9 @@ def run_demo(*, quick=False, cv=None, n_jobs=None, output="skfusion_demo_model.j
     print(f"{'model':<58} {'test F1':>8} {'PR-AUC':>8} {'fit (s)':>8}")
     print("-" * 86)
     for name, r in results.items():
-        label = name if "GridSearch" not in name else f"best fusion ({search.best_params_['fusion']})"
+        label = (
+            name if "GridSearch" not in name else f"best fusion ({search.best_params_['fusion']})"
+        )
         print(f"{'skfusion ' + label:<58} {r['f1']:>8.3f} {r['pr_auc']:>8.3f} {r['fit_s']:>8.1f}")
     for name, f1, pr in PUBLISHED:
         print(f"{'published bert-base ' + name:<58.58} {f1:>8.3f} {pr:>8.3f} {'':>8}")

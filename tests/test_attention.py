@@ -77,9 +77,15 @@ def test_interaction_beats_early_fusion(xor_fitted):
 def test_same_random_state_identical_predictions():
     X, y = xor_data(150)
     kw = dict(FAST, max_iter=5, dropout=0.2, modality_dropout=0.3)
-    p1 = AttentionFusionClassifier(two_modalities(), random_state=3, **kw).fit(X, y).predict_proba(X)
-    p2 = AttentionFusionClassifier(two_modalities(), random_state=3, **kw).fit(X, y).predict_proba(X)
-    p3 = AttentionFusionClassifier(two_modalities(), random_state=4, **kw).fit(X, y).predict_proba(X)
+    p1 = (
+        AttentionFusionClassifier(two_modalities(), random_state=3, **kw).fit(X, y).predict_proba(X)
+    )
+    p2 = (
+        AttentionFusionClassifier(two_modalities(), random_state=3, **kw).fit(X, y).predict_proba(X)
+    )
+    p3 = (
+        AttentionFusionClassifier(two_modalities(), random_state=4, **kw).fit(X, y).predict_proba(X)
+    )
     # Exact: the same float operations in the same order, in one process with one thread count
     # (torch's CPU kernels are run-to-run deterministic), so equal bits on any CPU.
     np.testing.assert_array_equal(p1, p2)
@@ -128,8 +134,7 @@ def test_persisted_model_predicts_without_torch(xor_fitted, tmp_path):
     joblib.dump(clf, path)
     X_test.to_csv(tmp_path / "X.csv", index=False)
     np.save(tmp_path / "expected.npy", clf.predict_proba(X_test))
-    script = textwrap.dedent(
-        f"""
+    script = textwrap.dedent(f"""
         import sys
         import importlib.abc
 
@@ -158,9 +163,10 @@ def test_persisted_model_predicts_without_torch(xor_fitted, tmp_path):
         assert weights.shape == (len(X), 2, 2)
         assert not any(name == "torch" or name.startswith("torch.") for name in sys.modules)
         print("OK", model.predict(X.iloc[:3]).tolist())
-        """
+        """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("OK")
 
@@ -396,8 +402,12 @@ def test_fusion_regressor_attention_and_sequences_flag_without_sequences():
 
     X, _ = xor_data(120, seed=5)
     y = X["a"] * X["d"]
-    reg = FusionRegressor(two_modalities(), fusion="attention", random_state=0,
-                          attention_params=dict(FAST, max_iter=3, use_sequences=True))
+    reg = FusionRegressor(
+        two_modalities(),
+        fusion="attention",
+        random_state=0,
+        attention_params=dict(FAST, max_iter=3, use_sequences=True),
+    )
     pred = reg.fit(X, y).predict(X.iloc[:7])
     assert isinstance(reg.estimator_, AttentionFusionRegressor)
     assert reg.estimator_._sequence == [False, False]  # no transformer has transform_sequence

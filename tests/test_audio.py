@@ -320,7 +320,9 @@ def test_all_features_match_per_clip_librosa(fsdd):
         S = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop))
         mel = librosa.feature.melspectrogram(S=S**2, sr=sr, n_fft=n_fft, n_mels=40)
         ref = {
-            "mfcc": librosa.feature.mfcc(y=y, sr=sr, n_mfcc=13, n_fft=n_fft, hop_length=hop, n_mels=40),
+            "mfcc": librosa.feature.mfcc(
+                y=y, sr=sr, n_mfcc=13, n_fft=n_fft, hop_length=hop, n_mels=40
+            ),
             "logmel": librosa.power_to_db(mel),
             "chroma": librosa.feature.chroma_stft(S=S**2, sr=sr, tuning=0.0),
             "contrast": librosa.feature.spectral_contrast(S=S, sr=sr),
@@ -349,7 +351,9 @@ def test_all_features_match_per_clip_librosa(fsdd):
 
 
 def test_feature_names_and_deltas():
-    encoder = AudioEncoder(["mfcc", "zcr", "contrast"], ["mean", "p90"], n_mfcc=3, mfcc_deltas=2, sr=8000)
+    encoder = AudioEncoder(
+        ["mfcc", "zcr", "contrast"], ["mean", "p90"], n_mfcc=3, mfcc_deltas=2, sr=8000
+    )
     clip = np.random.default_rng(0).normal(size=8000).astype(np.float32)
     X = encoder.fit_transform([clip])
     names = encoder.get_feature_names_out().tolist()
@@ -360,7 +364,12 @@ def test_feature_names_and_deltas():
     assert "mfcc_delta2_2_p90" in names and "zcr_mean" in names and "contrast_5_p90" in names
     assert "contrast_6_mean" not in names  # only 5 octave bands above 200 Hz fit under 4 kHz
     assert X.shape == (1, len(names)) == (1, 3 * 2 * 3 + 2 + 6 * 2)
-    assert encoder.frame_feature_names_.tolist()[:4] == ["mfcc_0", "mfcc_1", "mfcc_2", "mfcc_delta_0"]
+    assert encoder.frame_feature_names_.tolist()[:4] == [
+        "mfcc_0",
+        "mfcc_1",
+        "mfcc_2",
+        "mfcc_delta_0",
+    ]
     # a clip of 2 frames has no usable delta window: deltas are 0, not an error
     short = AudioEncoder(n_mfcc=3, mfcc_deltas=1, sr=8000).fit_transform([clip[:600]])
     assert short.shape == (1, 12) and np.all(short[0, 6:] == 0)
@@ -386,7 +395,9 @@ def test_duration_policy():
     hop = 512
 
     def frames(**params):
-        _, mask = AudioEncoder(sr=8000, hop_length=hop, **params).fit(clips).transform_sequence(clips)
+        _, mask = (
+            AudioEncoder(sr=8000, hop_length=hop, **params).fit(clips).transform_sequence(clips)
+        )
         return mask.sum(axis=1).tolist()
 
     natural = [1 + n // hop for n in (2000, 8000, 16000)]
@@ -445,7 +456,12 @@ def test_features_do_not_depend_on_batch_threads_or_cache(fsdd, params):
         reference = AudioEncoder(batch_size=1, **params).fit(clips)
         X = reference.transform(clips)
         values, mask = reference.transform_sequence(clips)
-        for batch_size, n_jobs, blas_threads in [(7, None, 1), (64, None, 2), (7, 2, 2), (64, 2, 1)]:
+        for batch_size, n_jobs, blas_threads in [
+            (7, None, 1),
+            (64, None, 2),
+            (7, 2, 2),
+            (64, 2, 1),
+        ]:
             encoder = AudioEncoder(batch_size=batch_size, n_jobs=n_jobs, **params).fit(clips)
             with threadpool_limits(limits=blas_threads, user_api="blas"):
                 assert_same_features(encoder.transform(clips), X)
@@ -520,10 +536,15 @@ def test_estimator_api(fsdd):
 def test_fingerprint_identifies_the_output():
     a = AudioEncoder(features=["mfcc"], stats=["mean", "std"]).fit([np.zeros(100)])
     assert a._skfusion_fingerprint() == AudioEncoder()._skfusion_fingerprint()
-    assert AudioEncoder(n_jobs=4, on_error="missing")._skfusion_fingerprint() == a._skfusion_fingerprint()
+    assert (
+        AudioEncoder(n_jobs=4, on_error="missing")._skfusion_fingerprint()
+        == a._skfusion_fingerprint()
+    )
     assert AudioEncoder(n_mfcc=13)._skfusion_fingerprint() != a._skfusion_fingerprint()
     assert AudioEncoder(sr=8000)._skfusion_fingerprint() != a._skfusion_fingerprint()
-    assert AudioEncoder(features=["mfcc", "rms"])._skfusion_fingerprint() != a._skfusion_fingerprint()
+    assert (
+        AudioEncoder(features=["mfcc", "rms"])._skfusion_fingerprint() != a._skfusion_fingerprint()
+    )
     # the parameters that do not change the output share the fingerprint (and cached rows)
     assert AudioEncoder(batch_size=7)._skfusion_fingerprint() == a._skfusion_fingerprint()
 

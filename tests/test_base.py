@@ -43,12 +43,19 @@ def _fit(make, spec, X):
     [
         ([], ValueError, "non-empty list"),
         ([("tab", StandardScaler())], ValueError, "triple"),
-        ([("tab", StandardScaler(), ["age"]), ("tab", StandardScaler(), ["price"])], ValueError,
-         "used twice"),
+        (
+            [("tab", StandardScaler(), ["age"]), ("tab", StandardScaler(), ["price"])],
+            ValueError,
+            "used twice",
+        ),
         ([("", StandardScaler(), ["age"])], ValueError, "invalid name"),
         ([("a__b", StandardScaler(), ["age"])], ValueError, "reserved"),
         ([(3, StandardScaler(), ["age"])], ValueError, "invalid name"),
-        ([("tab", LogisticRegression(), ["age"])], TypeError, "does not implement fit and transform"),
+        (
+            [("tab", LogisticRegression(), ["age"])],
+            TypeError,
+            "does not implement fit and transform",
+        ),
         ([("tab", "scale", ["age"])], ValueError, "'passthrough' or 'drop'"),
         ([("tab", StandardScaler(), ["weight"])], ValueError, "'weight', which is not in X"),
         ([("tab", StandardScaler(), [])], ValueError, "selects no columns"),
@@ -134,7 +141,9 @@ def test_tabular_row_missing_only_when_all_its_columns_are(frame):
 
 
 def test_nested_params_reach_modality_transformers(frame):
-    clf = FusionClassifier([("text", TfidfVectorizer(), "review"), ("tab", StandardScaler(), ["age"])])
+    clf = FusionClassifier(
+        [("text", TfidfVectorizer(), "review"), ("tab", StandardScaler(), ["age"])]
+    )
     params = clf.get_params()
     assert params["text__lowercase"] is True
     clf.set_params(text__lowercase=False, fusion="late")
@@ -158,7 +167,9 @@ def test_integer_positions_and_callables_work_on_arrays():
 def test_categorical_modality_with_onehot(frame):
     fusion = EarlyFusion([("cat", OneHotEncoder(sparse_output=False), ["dept"])]).fit(frame)
     assert list(fusion.get_feature_names_out()) == [
-        "cat__dept_dresses", "cat__dept_jackets", "cat__dept_tops"
+        "cat__dept_dresses",
+        "cat__dept_jackets",
+        "cat__dept_tops",
     ]
 
 

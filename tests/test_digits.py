@@ -59,7 +59,10 @@ def test_spoken_digits_content_and_official_split(fsdd):
         assert os.path.basename(path) == f"{digit}_{speaker}_{take}.wav"
         info = sf.info(path)
         assert (info.samplerate, info.channels, info.format) == (8000, 1, "WAV")
-    assert "CC BY-SA" in open(os.path.join(os.path.dirname(frame["path"][0]), "..", "LICENSE.txt")).read()
+    assert (
+        "CC BY-SA"
+        in open(os.path.join(os.path.dirname(frame["path"][0]), "..", "LICENSE.txt")).read()
+    )
     assert "Creative Commons Attribution-ShareAlike 4.0" in fsdd.DESCR
     data, target = load_spoken_digits(return_X_y=True)
     pd.testing.assert_frame_equal(data, fsdd.data)
@@ -94,11 +97,15 @@ def test_array_encoder(av_digits):
     np.testing.assert_array_equal(X[3], images.iloc[3].ravel())
     assert encoder.item_shape_ == (8, 8) and encoder.get_feature_names_out()[-1] == "63"
     column = pd.Series([images.iloc[0], None, np.nan, np.zeros(5), "pixels"], index=list("abcde"))
-    with pytest.raises(ValueError, match=r"row 3 \(index 'd'\): expected an array of shape \(8, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"row 3 \(index 'd'\): expected an array of shape \(8, 8\)"
+    ):
         encoder.transform(column)
     out = ArrayEncoder(on_error="missing").fit(images[:2]).transform(column)
     assert np.isfinite(out[0]).all() and np.isnan(out[1:]).all()
-    with pytest.raises(ValueError, match=r"row 1: expected an array or a sequence of numbers, got str"):
+    with pytest.raises(
+        ValueError, match=r"row 1: expected an array or a sequence of numbers, got str"
+    ):
         encoder.transform([images.iloc[0], "pixels"])
     with pytest.raises(ValueError, match=r"row 0: not a numeric array"):
         encoder.transform([np.array(["a"] * 64, dtype=object).reshape(8, 8)])

@@ -1,4 +1,4 @@
-"""FusionClassifier end to end on real reviews with the real TextEncoder, persistence, import cost."""
+"""FusionClassifier end to end on real reviews with the real TextEncoder; persistence; imports."""
 
 import subprocess
 import sys

@@ -69,7 +69,9 @@ def test_block_scaling_balances_modalities():
 
 def test_weights_multiply_and_unknown_names_fail():
     X = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [1.0, 2.0, 3.0]})
-    fusion = EarlyFusion([("a", "passthrough", ["a"]), ("b", "passthrough", ["b"])], weights={"b": 2.0})
+    fusion = EarlyFusion(
+        [("a", "passthrough", ["a"]), ("b", "passthrough", ["b"])], weights={"b": 2.0}
+    )
     out = fusion.fit_transform(X)
     np.testing.assert_allclose(out[:, 1], 2 * out[:, 0])
     with pytest.raises(ValueError, match="unknown modalities \\['c'\\]"):
@@ -80,14 +82,17 @@ def test_presence_flags_options():
     X = pd.DataFrame({"a": [1.0, 2.0, 3.0]})
     spec_ = [("a", "passthrough", ["a"])]
     assert list(EarlyFusion(spec_, presence_flags="always").fit(X).get_feature_names_out()) == [
-        "a__a", "a__present"
+        "a__a",
+        "a__present",
     ]
     assert list(EarlyFusion(spec_).fit(X).get_feature_names_out()) == ["a__a"]
 
 
 def test_set_output_pandas(reviews):
     X, _ = reviews
-    fusion = EarlyFusion([("tab", StandardScaler(), ["Age", "Rating"])]).set_output(transform="pandas")
+    fusion = EarlyFusion([("tab", StandardScaler(), ["Age", "Rating"])]).set_output(
+        transform="pandas"
+    )
     out = fusion.fit_transform(X)
     assert list(out.columns) == ["tab__Age", "tab__Rating"]
 
@@ -101,6 +106,7 @@ def test_n_jobs_gives_the_same_result(reviews):
 
 def test_transform_width_change_is_an_error(reviews):
     X, _ = reviews
+
     def width(n):
         return lambda v: np.zeros((len(v), n))
 

@@ -2,7 +2,6 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-import io
 import os
 import pickle
 import subprocess
@@ -162,7 +161,9 @@ def test_exif_orientation_is_applied(samples, tmp_path):
     path = tmp_path / "sideways.png"  # lossless, so the pixels can be compared exactly
     stored.save(path, exif=exif)
     size, resize = (224, 224), 256
-    np.testing.assert_array_equal(load_image(str(path), size, resize), load_image(upright, size, resize))
+    np.testing.assert_array_equal(
+        load_image(str(path), size, resize), load_image(upright, size, resize)
+    )
     assert not np.array_equal(load_image(stored, size, resize), load_image(upright, size, resize))
 
 
@@ -303,7 +304,9 @@ def bad_files(tmp_path_factory, image_files):
 )
 def test_bad_files_raise_naming_the_row(encoder, image_files, bad_files, kind, message):
     X = pd.Series([image_files[0], bad_files[kind]], index=[10, 11])
-    with pytest.raises(EncodingError, match=rf"ImageEncoder cannot encode row 1 \(index \S*11\)?\).*{message}"):
+    with pytest.raises(
+        EncodingError, match=rf"ImageEncoder cannot encode row 1 \(index \S*11\)?\).*{message}"
+    ):
         encoder.transform(X)
     out = clone(encoder).set_params(on_error="missing").fit(X).transform(X)
     assert np.isfinite(out[0]).all() and np.isnan(out[1]).all()
@@ -481,8 +484,7 @@ def test_persisted_pipeline_scores_without_torch(tmp_path, samples):
     joblib.dump(model, tmp_path / "model.joblib")
     np.save(tmp_path / "expected.npy", expected)
     X.to_pickle(tmp_path / "X.pkl")
-    script = textwrap.dedent(
-        f"""
+    script = textwrap.dedent(f"""
         import importlib.abc, sys
 
         class NoTorch(importlib.abc.MetaPathFinder):
@@ -506,8 +508,7 @@ def test_persisted_pipeline_scores_without_torch(tmp_path, samples):
         assert np.abs(proba - expected).max() < 1e-5, np.abs(proba - expected).max()
         assert "torch" not in [m.split(".")[0] for m, v in sys.modules.items() if v is not None]
         print("scored", proba.shape)
-        """
-    )
+        """)
     # an empty model store: the ONNX bytes travel inside the pickle
     env = {**os.environ, "SKFUSION_HOME": str(tmp_path / "empty_store")}
     done = subprocess.run(
@@ -550,8 +551,9 @@ def digit_images():
     from sklearn.datasets import load_digits
 
     images = load_digits().images[:30] / 16.0
-    return [np.kron(np.round(im * 255).astype(np.uint8), np.ones((8, 8), np.uint8))
-            for im in images]
+    return [
+        np.kron(np.round(im * 255).astype(np.uint8), np.ones((8, 8), np.uint8)) for im in images
+    ]
 
 
 def test_fp16_on_cpu_against_fp32(encoder, samples, digit_images):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.preprocessing import StandardScaler
@@ -70,7 +70,10 @@ def test_modality_estimators_override_and_stack_method(reviews):
 
 def test_passthrough_adds_modality_features(reviews):
     X, y = reviews
-    tab = [("tab", StandardScaler(), ["Age", "Rating"]), ("fb", StandardScaler(), ["Positive Feedback Count"])]
+    tab = [
+        ("tab", StandardScaler(), ["Age", "Rating"]),
+        ("fb", StandardScaler(), ["Positive Feedback Count"]),
+    ]
     clf = LateFusionClassifier(tab, cv=3, passthrough=True).fit(X, y)
     assert clf.final_estimator_.n_features_in_ == 2 + 3
     assert clf.predict(X.iloc[:5]).shape == (5,)
@@ -115,7 +118,8 @@ def test_stateless_transformer_is_encoded_once(reviews):
         return np.c_[pd.Series(v).fillna("").str.len().to_numpy(dtype=float)]
 
     clf = LateFusionClassifier(
-        [("len", FunctionTransformer(count), "Review Text"), ("tab", StandardScaler(), ["Rating"])], cv=5
+        [("len", FunctionTransformer(count), "Review Text"), ("tab", StandardScaler(), ["Rating"])],
+        cv=5,
     ).fit(X, y)
     assert calls == [X["Review Text"].notna().sum()]  # one pass, not one per fold
     assert clf.score(X, y) > 0.8
@@ -124,7 +128,10 @@ def test_stateless_transformer_is_encoded_once(reviews):
 def test_passthrough_modality_predicts_without_warnings(reviews):
     X, y = reviews
     clf = LateFusionClassifier(
-        [("num", "passthrough", ["Age", "Rating"]), ("text", TfidfVectorizer(min_df=2), "Review Text")],
+        [
+            ("num", "passthrough", ["Age", "Rating"]),
+            ("text", TfidfVectorizer(min_df=2), "Review Text"),
+        ],
         cv=3,
     ).fit(X, y)
     with warnings.catch_warnings():

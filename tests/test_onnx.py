@@ -72,9 +72,14 @@ def token_model():
     axis = helper.make_tensor("zero_axis", TensorProto.INT64, [1], [1])
     model = _model(
         nodes,
-        [_vi("input_ids", TensorProto.INT64, ["N", "T"]),
-         _vi("attention_mask", TensorProto.INT64, ["N", "T"])],
-        [_vi("tokens", TensorProto.FLOAT, ["N", "T", 4]), _vi("first", TensorProto.FLOAT, ["N", 4])],
+        [
+            _vi("input_ids", TensorProto.INT64, ["N", "T"]),
+            _vi("attention_mask", TensorProto.INT64, ["N", "T"]),
+        ],
+        [
+            _vi("tokens", TensorProto.FLOAT, ["N", "T", 4]),
+            _vi("first", TensorProto.FLOAT, ["N", 4]),
+        ],
         [weights, zero, axis],
     )
     return model, table
@@ -132,7 +137,9 @@ def test_path_pickle_and_set_output(double_model, tmp_path):
     restored = pickle.loads(pickle.dumps(enc))
     assert "_lazy" not in restored.__dict__
     np.testing.assert_array_equal(restored.transform([[1, 2, 3]]), first)
-    out = restored.set_output(transform="pandas").transform(pd.Series([[1, 1, 1], None], index=[5, 6]))
+    out = restored.set_output(transform="pandas").transform(
+        pd.Series([[1, 1, 1], None], index=[5, 6])
+    )
     assert isinstance(out, pd.DataFrame) and list(out.columns) == ["0", "1", "2"]
     assert list(out.index) == [5, 6]
 
@@ -245,7 +252,10 @@ def test_fingerprint(token_model, double_model):
     enc = _token_encoder(token_model)
     assert enc._skfusion_fingerprint() == clone(enc)._skfusion_fingerprint()
     assert enc._skfusion_fingerprint() == clone(enc).fit(TOKEN_ITEMS)._skfusion_fingerprint()
-    assert enc._skfusion_fingerprint() != _token_encoder(token_model, pooling="max")._skfusion_fingerprint()
+    assert (
+        enc._skfusion_fingerprint()
+        != _token_encoder(token_model, pooling="max")._skfusion_fingerprint()
+    )
     assert (
         enc._skfusion_fingerprint()
         == _token_encoder(token_model, batch_size=1, device="auto")._skfusion_fingerprint()
@@ -281,8 +291,10 @@ def test_real_text_model_matches_text_encoder():
     def preprocess(texts):
         encodings = tokenizer.encode_batch([t.strip() for t in texts])
         width = max(len(e.ids) for e in encodings)
-        out = {k: np.zeros((len(texts), width), dtype=np.int64) for k in
-               ("input_ids", "attention_mask", "token_type_ids")}
+        out = {
+            k: np.zeros((len(texts), width), dtype=np.int64)
+            for k in ("input_ids", "attention_mask", "token_type_ids")
+        }
         for i, e in enumerate(encodings):
             out["input_ids"][i, : len(e.ids)] = e.ids
             out["attention_mask"][i, : len(e.ids)] = 1

@@ -139,4 +139,3 @@ class ArrayEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         return np.asarray([str(i) for i in range(self.n_features_out_)], dtype=object)
-

@@ -80,8 +80,9 @@ def _filter_bank(kind, sr, n_fft, n_bands):
     if kind == "mel":
         bank = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_bands, dtype=np.float64)
     else:
-        bank = librosa.filters.chroma(sr=sr, n_fft=n_fft, tuning=0.0, n_chroma=n_bands,
-                                      dtype=np.float64)
+        bank = librosa.filters.chroma(
+            sr=sr, n_fft=n_fft, tuning=0.0, n_chroma=n_bands, dtype=np.float64
+        )
     bank = sparse.csr_array(bank)
     for part in (bank.data, bank.indices, bank.indptr):
         part.flags.writeable = False  # shared between calls and threads
@@ -142,9 +143,13 @@ def _check_samples(samples):
     if not isinstance(samples, np.ndarray):
         raise TypeError(f"samples must be a numpy array, got {type(samples).__name__}")
     if samples.dtype.kind not in "fiu":
-        raise ValueError(f"samples must be numeric (float or integer PCM), got dtype {samples.dtype}")
+        raise ValueError(
+            f"samples must be numeric (float or integer PCM), got dtype {samples.dtype}"
+        )
     if samples.ndim not in (1, 2):
-        raise ValueError(f"samples must be 1-D (mono) or 2-D (channels, samples), got {samples.ndim}-D")
+        raise ValueError(
+            f"samples must be 1-D (mono) or 2-D (channels, samples), got {samples.ndim}-D"
+        )
     if samples.ndim == 2 and samples.shape[0] > samples.shape[1]:
         raise ValueError(
             f"a 2-D array is read as (channels, samples) like librosa; shape {samples.shape} "
@@ -198,7 +203,9 @@ def _read(source):
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
         raise ValueError(f"cannot decode audio ({exc})") from None
     if problem is None and 0 < data.shape[0] < declared - slack:
-        problem = f"truncated file: the header declares {declared} frames, only {data.shape[0]} decode"
+        problem = (
+            f"truncated file: the header declares {declared} frames, only {data.shape[0]} decode"
+        )
     if problem:
         raise ValueError(problem)
     if data.shape[0] == 0:
@@ -438,7 +445,9 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
     def _frame_names(self):
         return [
-            name if rows == 1 else f"{name}_{j}" for name, rows in self._blocks() for j in range(rows)
+            name if rows == 1 else f"{name}_{j}"
+            for name, rows in self._blocks()
+            for j in range(rows)
         ]
 
     def _pooled_names(self):
@@ -746,4 +755,3 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         return estimator_fingerprint(
             self, ignore=("features", "stats", "batch_size", "n_jobs", "on_error"), extra=extra
         )
-

@@ -53,7 +53,11 @@ MOBILENET_V2 = {
 
 _IMAGENET_MEAN = MOBILENET_V2["mean"]
 _IMAGENET_STD = MOBILENET_V2["std"]
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8,
+}
 
 
 def builtin_weights_path():
@@ -684,8 +688,12 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                         if self.on_error == "missing":
                             continue
                         raise_encoding_error(
-                            self, row, labels, f"{type(result).__name__}: {result}",
-                            values[row], result,
+                            self,
+                            row,
+                            labels,
+                            f"{type(result).__name__}: {result}",
+                            values[row],
+                            result,
                         )
                     good.append(result)
                     rows.append(row)
@@ -797,4 +805,3 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             model=_builtin_store_key() if self.model is None else self.model,
             extra=FLOAT16_SETTINGS if self.quantize == "fp16" else None,
         )
-

@@ -163,7 +163,6 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
            [ 1.,  0.]], dtype=float32)
     """
 
-
     _parameter_constraints: dict = {
         "model": [str, os.PathLike, bytes],
         "preprocess": [callable, None],
@@ -233,8 +232,14 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         model = getattr(self, "model_bytes_", None) or self.model
         return estimator_fingerprint(
             self,
-            ignore=("model", "preprocess", "batch_size", "device", "intra_op_num_threads",
-                    "on_error"),
+            ignore=(
+                "model",
+                "preprocess",
+                "batch_size",
+                "device",
+                "intra_op_num_threads",
+                "on_error",
+            ),
             model=model,
             extra=_callable_digest(self.preprocess),
         )
@@ -429,7 +434,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
     # --- transform ---
     def transform(self, X):
-        """Run the model on each item; missing (and, with ``on_error="missing"``, bad) rows give NaN.
+        """Run the model on each item; missing rows (and bad ones, with ``on_error="missing"``) NaN.
 
         Parameters
         ----------
@@ -481,4 +486,3 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 pieces.append((pos, values[j][keep][:length]))
         dim = pieces[0][1].shape[1] if pieces else self.embedding_dim_
         return pad_sequences(n, pieces, dim)
-

@@ -161,7 +161,9 @@ def _modality_shares(xp, maps, spans, token_valid):
                 pos += b - a
         W = xp.stack(cols, axis=-1)  # (n, T_q, M)
         q = token_valid[i]
-        rows.append(xp.sum(W * q[:, :, None], axis=1) / xp.clip(xp.sum(q, axis=1), 1.0, None)[:, None])
+        rows.append(
+            xp.sum(W * q[:, :, None], axis=1) / xp.clip(xp.sum(q, axis=1), 1.0, None)[:, None]
+        )
     return xp.stack(rows, axis=1)
 
 
@@ -214,7 +216,9 @@ def forward(
         out = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (n, L, d))
         out = _linear(xp, out, P[p + "Wo"], P[p + "bo"])
         H = _layer_norm(xp, H + drop(out), P[p + "n1g"], P[p + "n1b"])
-        ff = _linear(xp, _relu(xp, _linear(xp, H, P[p + "W1"], P[p + "b1"])), P[p + "W2"], P[p + "b2"])
+        ff = _linear(
+            xp, _relu(xp, _linear(xp, H, P[p + "W1"], P[p + "b1"])), P[p + "W2"], P[p + "b2"]
+        )
         H = _layer_norm(xp, H + drop(ff), P[p + "n2g"], P[p + "n2b"])
 
     pooled = []

@@ -143,7 +143,9 @@ class _BaseFusion(_BaseComposition):
                 )
             name, trans, columns = item
             if not isinstance(name, str) or not name:
-                raise ValueError(f"modalities[{i}] has an invalid name {name!r}: use a non-empty str.")
+                raise ValueError(
+                    f"modalities[{i}] has an invalid name {name!r}: use a non-empty str."
+                )
             if "__" in name:
                 raise ValueError(
                     f"Modality name {name!r} contains '__', which is reserved for nested "
@@ -187,7 +189,10 @@ class _BaseFusion(_BaseComposition):
             )
         if isinstance(X, pd.DataFrame):
             if X.shape[0] == 0:
-                raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required.")
+                raise ValueError(
+                    f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is "
+                    "required."
+                )
             if not reset and getattr(self, "feature_names_in_", None) is not None:
                 self._check_columns_present(X)
             X = validate_data(self, X, reset=reset, skip_check_array=True)
@@ -231,7 +236,9 @@ class _BaseFusion(_BaseComposition):
         if isinstance(items, slice):
             positions = list(range(n_cols))[items]
         else:
-            items = list(np.asarray(items).tolist()) if isinstance(items, np.ndarray) else list(items)
+            items = (
+                list(np.asarray(items).tolist()) if isinstance(items, np.ndarray) else list(items)
+            )
             if items and all(isinstance(c, (bool, np.bool_)) for c in items):
                 if len(items) != n_cols:
                     raise ValueError(
@@ -423,12 +430,16 @@ def _fit_transform_one(transformer, Xm, y, name):
         transformer.fit(Xm, y)
         return transformer, _as_2d_output(cached_transform(transformer, Xm), name)
     if y is not None:
-        Xt = transformer.fit_transform(Xm, y) if hasattr(transformer, "fit_transform") else (
-            transformer.fit(Xm, y).transform(Xm)
+        Xt = (
+            transformer.fit_transform(Xm, y)
+            if hasattr(transformer, "fit_transform")
+            else (transformer.fit(Xm, y).transform(Xm))
         )
     else:
-        Xt = transformer.fit_transform(Xm) if hasattr(transformer, "fit_transform") else (
-            transformer.fit(Xm).transform(Xm)
+        Xt = (
+            transformer.fit_transform(Xm)
+            if hasattr(transformer, "fit_transform")
+            else (transformer.fit(Xm).transform(Xm))
         )
     return transformer, _as_2d_output(Xt, name)
 
@@ -474,9 +485,7 @@ def scatter_rows(block, present, n_features=None):
         return np.full((n, n_features), np.nan)
     if sparse.issparse(block):
         idx = np.flatnonzero(present)
-        S = sparse.csr_matrix(
-            (np.ones(idx.size), (idx, np.arange(idx.size))), shape=(n, idx.size)
-        )
+        S = sparse.csr_matrix((np.ones(idx.size), (idx, np.arange(idx.size))), shape=(n, idx.size))
         return (S @ block).tocsr()
     out = np.full((n, block.shape[1]), np.nan, dtype=np.float64)
     out[present] = block

@@ -2,7 +2,7 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 from scipy import sparse
@@ -107,7 +107,9 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
         "n_jobs": [None, Integral],
     }
 
-    def __init__(self, modalities, *, weights=None, scaling=None, presence_flags="auto", n_jobs=None):
+    def __init__(
+        self, modalities, *, weights=None, scaling=None, presence_flags="auto", n_jobs=None
+    ):
         self.modalities = modalities
         self.weights = weights
         self.scaling = scaling

@@ -97,7 +97,9 @@ class _BaseLateFusion(_BaseFusion):
         for method in ("predict_proba", "decision_function", "predict"):
             if hasattr(estimator, method):
                 return method
-        raise ValueError(f"{type(estimator).__name__} has no prediction method.")  # pragma: no cover
+        raise ValueError(
+            f"{type(estimator).__name__} has no prediction method."
+        )  # pragma: no cover
 
     def _concat_meta(self, preds, method):
         preds = np.asarray(preds, dtype=np.float64)
@@ -194,7 +196,9 @@ class _BaseLateFusion(_BaseFusion):
         self._flag_cols = [j for j in range(presence.shape[1]) if not presence[:, j].all()]
         meta = self._stack(meta_blocks, pass_blocks, presence)
         final = self.final_estimator
-        self.final_estimator_ = clone(final if final is not None else self._default_final_estimator())
+        self.final_estimator_ = clone(
+            final if final is not None else self._default_final_estimator()
+        )
         self.final_estimator_.fit(meta, y)
         return self
 

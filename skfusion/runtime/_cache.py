@@ -482,7 +482,7 @@ def _run(fingerprint, keys, compute, name, verbose):
             first[key] = i
     uncached = [i for i, key in enumerate(keys) if key is None]
 
-    with _thread_lock(fingerprint), (disk.lock() if disk is not None else _nullcontext()):
+    with _thread_lock(fingerprint), disk.lock() if disk is not None else _nullcontext():
         found = _memory.get_many(first)
         memory_hits = len(found)
         disk_hits = 0
@@ -534,7 +534,9 @@ def _run(fingerprint, keys, compute, name, verbose):
     sample = next(iter(computed.values()), None)
     if sample is None:
         sample = next(iter(found.values()))
-    dtype = np.result_type(*{r.dtype for r in computed.values()}, *{r.dtype for r in found.values()})
+    dtype = np.result_type(
+        *{r.dtype for r in computed.values()}, *{r.dtype for r in found.values()}
+    )
     out = np.empty((n,) + sample.shape, dtype=dtype)
     for i, key in enumerate(keys):
         row = computed.get(i)
@@ -621,7 +623,9 @@ def cached_encode(encoder, items, encode):
     if fingerprint is None:
         return encode(items)
     paths = bool(getattr(encoder, "_skfusion_items_are_paths", False))
-    keys = [None if is_missing_item(item) else _item_key(fingerprint, item, paths) for item in items]
+    keys = [
+        None if is_missing_item(item) else _item_key(fingerprint, item, paths) for item in items
+    ]
     if all(key is None for key in keys):
         return encode(items)
 
@@ -629,8 +633,9 @@ def cached_encode(encoder, items, encode):
         return encode([items[i] for i in positions])
 
     try:
-        return _run(fingerprint, keys, compute, type(encoder).__name__,
-                    getattr(encoder, "verbose", 0))
+        return _run(
+            fingerprint, keys, compute, type(encoder).__name__, getattr(encoder, "verbose", 0)
+        )
     except _NotCacheable:
         return encode(items)
 
@@ -706,7 +711,9 @@ def cached_transform(transformer, X):
     if not items:
         return transformer.transform(X)
     paths = bool(getattr(transformer, "_skfusion_items_are_paths", False))
-    keys = [None if is_missing_item(item) else _item_key(fingerprint, item, paths) for item in items]
+    keys = [
+        None if is_missing_item(item) else _item_key(fingerprint, item, paths) for item in items
+    ]
     if all(key is None for key in keys):
         return transformer.transform(X)
 
@@ -715,7 +722,12 @@ def cached_transform(transformer, X):
         return out.to_numpy() if hasattr(out, "to_numpy") else out
 
     try:
-        return _run(fingerprint, keys, compute, type(transformer).__name__,
-                    getattr(transformer, "verbose", 0))
+        return _run(
+            fingerprint,
+            keys,
+            compute,
+            type(transformer).__name__,
+            getattr(transformer, "verbose", 0),
+        )
     except _NotCacheable:
         return transformer.transform(X)

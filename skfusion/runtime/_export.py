@@ -173,10 +173,11 @@ def export_transformer_onnx(info):
     """Export the Transformer module of a sentence-transformers folder to ONNX bytes.
 
     The export uses torch's ``torch.export``-based exporter (the TorchScript one mis-exports
-    transformers' attention masks). The graph maps ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the model
-    takes them), int64 of shape (batch, sequence), to ``token_embeddings`` (batch, sequence,
-    hidden), with dynamic batch and sequence axes. Pooling and normalisation stay outside the
-    graph, so the same model serves sentence and token outputs. The export is checked against
+    transformers' attention masks). The graph maps ``input_ids``, ``attention_mask`` (and
+    ``token_type_ids`` when the model takes them), int64 of shape (batch, sequence), to
+    ``token_embeddings`` (batch, sequence, hidden), with dynamic batch and sequence axes.
+    Pooling and normalisation stay outside the graph, so the same model serves sentence and
+    token outputs. The export is checked against
     torch on a padded batch.
 
     Parameters
