@@ -10,6 +10,8 @@ import shutil
 import sys
 import time
 
+from .runtime._store import _write_atomic
+
 __all__ = ["main"]
 
 MANIFEST = "_manifest.json"
@@ -337,18 +339,9 @@ def _arrow_type(dtype):
     return pa.from_numpy_dtype(dtype)
 
 
-def _write_atomic(path, write):
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _write_manifest(folder, manifest):
     data = json.dumps(manifest, indent=1).encode()
-    _write_atomic(os.path.join(folder, MANIFEST), lambda fh: fh.write(data))
+    _write_atomic(os.path.join(folder, MANIFEST), data)
 
 
 def _read_manifest(folder):

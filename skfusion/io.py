@@ -26,8 +26,9 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from .runtime._store import _write_atomic
 
 __all__ = [
     "ModelFileError",
@@ -217,24 +218,6 @@ def check_sha256(path, digest, sha256=None):
                 f"{expected}; the file was changed or damaged after it was saved, so it is not "
                 "loaded."
             )
-
-
-def _write_atomic(path, write):
-    """Call ``write(file object)`` on a temporary file beside ``path``, then rename it there."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class _NullSink:

@@ -107,10 +107,16 @@ def _read(path):
 
 
 def _write_atomic(path, data):
+    """Write ``data`` (bytes, or a callable given the open file) to a temporary file beside
+    ``path``, then rename it there: readers see the old file, the new one, or none."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
