@@ -159,11 +159,9 @@ def file_sha256(path):
     ...     file_sha256(path)
     'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
     """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from .runtime._hashing import file_sha256 as sha256_of_file  # the one hashing helper
+
+    return sha256_of_file(path)
 
 
 def _clean_digest(value, what):

@@ -32,12 +32,21 @@ Model store
 -----------
 ``model_store_dir() -> pathlib.Path``
     ``$SKFUSION_HOME/models`` or ``~/.cache/skfusion/models`` (``$XDG_CACHE_HOME`` respected).
+``store_entry(key: str, build: callable -> bytes | None = None, *, timeout=600) -> (bytes, str)``
+    The verified entry and its SHA-256 (encoders put that hash in their fingerprint). Entry
+    file ``<sha256(key)>.bin`` with its SHA-256 recorded in ``<sha256(key)>.bin.sha256``,
+    checked on every read: an entry that does not match is rebuilt with a ``UserWarning``
+    naming the file, or, without ``build``, refused with ``ModelStoreIntegrityError``. Atomic
+    writes (temp file + ``os.replace``); one process builds while concurrent ones wait on an OS
+    file lock (released when its holder dies); an unwritable store builds in memory with a
+    ``RuntimeWarning``. Put a content hash of the source and every export setting in ``key``.
 ``store_get_or_create(key: str, build: callable -> bytes) -> bytes``
-    Entry file ``<sha256(key)>.bin``; atomic writes (temp file + ``os.replace``); one process
-    builds while concurrent ones wait on a lock file; an unwritable store builds in memory with
-    a ``RuntimeWarning``. Put a content hash of the source and every export setting in ``key``.
+    ``store_entry(key, build)[0]``.
+``file_lock(path, *, timeout=-1) -> filelock.FileLock``
+    The one inter-process lock of skfusion (store and cache): an OS lock, file mode 0600.
 ``content_hash(*parts) -> str``
-    SHA-256 of bytes / str / file (``pathlib.Path``) parts, for building keys.
+    SHA-256 of bytes / str / file (``pathlib.Path``) parts, for building keys. Every content
+    hash of skfusion goes through ``skfusion.runtime._hashing``.
 
 Pooling
 -------
@@ -58,7 +67,9 @@ Embedding cache
 ``cached_transform(transformer, X)`` / ``cached_encode(encoder, items, encode)``
     Rows keyed by the encoder's ``_skfusion_fingerprint()`` (see ``estimator_fingerprint``) and
     a content hash of each raw item; in-memory LRU layer plus optional on-disk layer
-    (``skfusion.set_config(cache_dir=...)``). ``cache_info()``, ``cache_clear(disk=False)``.
+    (``skfusion.set_config(cache_dir=...)``) whose rows carry a checksum, dtype and shape and
+    are recomputed when they do not verify, bounded by ``cache_disk_max_bytes`` (LRU).
+    ``cache_info()``, ``cache_clear(disk=False)``.
 """
 
 # SPDX-License-Identifier: BSD-3-Clause
@@ -81,11 +92,20 @@ from ._session import (
     run_session,
     uses_io_binding,
 )
-from ._store import content_hash, model_store_dir, store_get_or_create, store_path
+from ._store import (
+    ModelStoreIntegrityError,
+    content_hash,
+    file_lock,
+    model_store_dir,
+    store_entry,
+    store_get_or_create,
+    store_path,
+)
 
 __all__ = [
     "CacheInfo",
     "LazySession",
+    "ModelStoreIntegrityError",
     "cache_clear",
     "cache_info",
     "cached_encode",
@@ -94,12 +114,14 @@ __all__ = [
     "default_intra_op_threads",
     "l2_normalize",
     "estimator_fingerprint",
+    "file_lock",
     "float16_model",
     "make_session",
     "model_store_dir",
     "pool_sequence",
     "resolve_providers",
     "run_session",
+    "store_entry",
     "store_get_or_create",
     "store_path",
     "uses_io_binding",

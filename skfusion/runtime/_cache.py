@@ -13,27 +13,37 @@ Two layers:
 * an in-memory layer per process, bounded by ``cache_max_bytes`` (least recently used rows are
   evicted);
 * an optional on-disk layer (``cache_dir``), shared by every process that uses the same folder
-  (joblib's loky workers, dask workers, several notebooks). Each row is one small ``.npy`` file
-  written to a temporary name and renamed into place (:func:`os.replace`), so a reader sees a
-  complete row or none. While one process computes the missing rows of an encoder, it holds a
-  lock on that encoder's folder: another process asking for the same rows waits and then reads
-  them, so each item is encoded once even by concurrent workers.
+  (joblib's loky workers, dask workers, several notebooks). Each encoder configuration has its
+  own folder, named by a digest of its fingerprint. Each row is one small file holding the row
+  (``.npy`` format: dtype, shape, values) and a SHA-256 of the row bound to its key; the folder
+  records the dtype and shape of its rows. A row that does not verify (changed values, another
+  item's row, a wrong shape, a torn write) is deleted, recomputed and rewritten: it is never
+  served nor copied into memory. Rows are written to a temporary name and renamed into place
+  (:func:`os.replace`); files are created 0600 and folders 0700. While one process computes the
+  missing rows of an encoder, it holds an OS file lock (``filelock``) on that encoder's folder:
+  another process asking for the same rows waits and then reads them, so each item is encoded
+  once even by concurrent workers, and a killed holder never blocks the next one. Rows are
+  computed and stored in chunks of 256, so an interrupted encode keeps its finished chunks.
+  The layer is bounded by ``cache_disk_max_bytes`` (4 GiB by default): when it grows past the
+  bound, the least recently used rows (by file time, refreshed on every hit) are deleted, with
+  the temporary files that killed writers left behind more than an hour ago.
 
-Configure it with :func:`skfusion.set_config` (``cache``, ``cache_dir``, ``cache_max_bytes``)
-or the environment (``SKFUSION_CACHE=0``, ``SKFUSION_CACHE_DIR``, ``SKFUSION_CACHE_MAX_BYTES``);
-inspect it with :func:`cache_info`; empty it with :func:`cache_clear`.
+Configure it with :func:`skfusion.set_config` (``cache``, ``cache_dir``, ``cache_max_bytes``,
+``cache_disk_max_bytes``) or the environment (``SKFUSION_CACHE=0``, ``SKFUSION_CACHE_DIR``,
+``SKFUSION_CACHE_MAX_BYTES``, ``SKFUSION_CACHE_DISK_MAX_BYTES``); inspect it with
+:func:`cache_info`; empty it with :func:`cache_clear`.
 """
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-import hashlib
+import io
+import json
 import numbers
 import os
 import shutil
 import sys
 import threading
 import time
-import uuid
 from collections import OrderedDict, namedtuple
 from contextlib import contextmanager
 
@@ -42,12 +52,8 @@ import numpy as np
 from .._config import get_config
 from .._utils import is_missing_item
 from ..exceptions import EncodingError
-
-try:  # POSIX
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
-    import msvcrt
+from ._hashing import file_digest, new_hash, sha256_hex, tree_hash
+from ._store import _remove_orphan_temps, _write_atomic, file_lock
 
 __all__ = [
     "CacheInfo",
@@ -58,9 +64,16 @@ __all__ = [
     "estimator_fingerprint",
 ]
 
-_LAYOUT = "embeddings-v1"  # bump when the key or file format changes
-_CHUNK = 2048  # items computed per call, so progress shows and an interrupt keeps the done part
-_DIGEST = 20
+_LAYOUT = "embeddings-v2"  # bump when the key or file format changes
+# items computed (and stored) per call, so progress shows and an interrupt keeps the done part
+_CHUNK = 256
+_MAGIC = b"SKFROW2\0"  # row file: magic, SHA-256 of (key, npy bytes), npy bytes
+_ROW_SUFFIX = ".row"
+_META = "meta.json"  # per folder: the fingerprint, and the dtype and shape of its rows
+_REPORT_EVERY = 8 * _CHUNK  # verbose progress lines every this many computed rows
+_SWEEP_TARGET = 0.9  # an eviction sweep brings the layer down to this fraction of its bound
+_USAGE = "usage.json"  # the last sweep's measure of the layer, shared by processes
+_MEASURE_TTL_S = 600.0  # a process trusts another's measure this long instead of sweeping
 
 CacheInfo = namedtuple(
     "CacheInfo",
@@ -87,54 +100,6 @@ an encoder; ``rows``/``bytes`` the size of the in-memory layer and ``max_bytes``
 # --------------------------------------------------------------------------------------------
 # content hashes
 # --------------------------------------------------------------------------------------------
-_file_digests = {}
-_file_lock = threading.Lock()
-
-
-def _stat_signature(path):
-    st = os.stat(path)
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def _file_digest(path):
-    """blake2b of a file's bytes, memoised by (path, size, mtime, inode)."""
-    path = os.path.abspath(path)
-    signature = _stat_signature(path)
-    with _file_lock:
-        known = _file_digests.get(path)
-    if known is not None and known[0] == signature:
-        return known[1]
-    h = hashlib.blake2b(digest_size=_DIGEST)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = h.digest()
-    with _file_lock:
-        _file_digests[path] = (signature, digest)
-    return digest
-
-
-def _tree_hash(path):
-    """Hash of a file's bytes, or of every file under a folder (relative names included).
-
-    Memoised per file by size, modification time and inode, so fingerprinting a model folder
-    costs one read per process.
-    """
-    path = os.fspath(path)
-    h = hashlib.blake2b(digest_size=_DIGEST)
-    if os.path.isdir(path):
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                h.update(os.path.relpath(full, path).replace(os.sep, "/").encode())
-                h.update(b"\0")
-                h.update(_file_digest(full))
-    else:
-        h.update(_file_digest(path))
-    return h.hexdigest()
-
-
 def estimator_fingerprint(estimator, *, ignore=(), model=None, extra=None):
     """A fingerprint of an encoder's output: class, output-affecting parameters, model content.
 
@@ -170,7 +135,7 @@ def estimator_fingerprint(estimator, *, ignore=(), model=None, extra=None):
     False
     """
     ignore = set(ignore)
-    h = hashlib.blake2b(digest_size=_DIGEST)
+    h = new_hash()
     cls = type(estimator)
     h.update(f"{cls.__module__}.{cls.__qualname__}\0".encode())
     params = estimator.get_params(deep=False) if hasattr(estimator, "get_params") else {}
@@ -179,9 +144,9 @@ def estimator_fingerprint(estimator, *, ignore=(), model=None, extra=None):
             h.update(f"{key}={params[key]!r}\0".encode())
     if model is not None:
         if isinstance(model, (bytes, bytearray, memoryview)):
-            h.update(b"model-bytes:" + hashlib.blake2b(bytes(model), digest_size=_DIGEST).digest())
+            h.update(b"model-bytes:" + sha256_hex(model).encode())
         elif isinstance(model, (str, os.PathLike)) and os.path.exists(os.fspath(model)):
-            h.update(b"model-content:" + _tree_hash(model).encode())
+            h.update(b"model-content:" + tree_hash(model).encode())
         else:
             h.update(f"model:{model!r}".encode())
     if extra is not None:
@@ -191,19 +156,19 @@ def estimator_fingerprint(estimator, *, ignore=(), model=None, extra=None):
 
 def _item_key(fingerprint, item, paths):
     """Digest of (fingerprint, item), or None when the item cannot be hashed safely."""
-    h = hashlib.blake2b(fingerprint.encode(), digest_size=_DIGEST)
+    h = new_hash(fingerprint.encode("utf-8", "surrogatepass") + b"\0")
     if isinstance(item, str):
         if paths:
             if not os.path.isfile(item):
                 return None  # missing file: the result may change once it exists
-            h.update(b"file\0" + _file_digest(item))
+            h.update(b"file\0" + file_digest(item))
         else:
             h.update(b"str\0" + item.encode("utf-8", "surrogatepass"))
     elif isinstance(item, os.PathLike):
         path = os.fspath(item)
         if not isinstance(path, str) or not os.path.isfile(path):
             return None
-        h.update(b"file\0" + _file_digest(path))
+        h.update(b"file\0" + file_digest(path))
     elif isinstance(item, (bytes, bytearray, memoryview)):
         h.update(b"bytes\0")
         h.update(item)
@@ -275,70 +240,215 @@ class _MemoryLayer:
         return len(self._rows)
 
 
-class _DiskLayer:
-    """One ``.npy`` file per row under ``<cache_dir>/embeddings-v1/<fingerprint>/``."""
+def _makedirs_private(path):
+    """Create ``path`` and any missing parent, each with mode 0700 (``os.makedirs`` gives the
+    mode to the last folder only)."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
 
-    def __init__(self, cache_dir, fingerprint):
-        self.folder = os.path.join(cache_dir, _LAYOUT, fingerprint[:32])
+
+def _row_bytes(key, row):
+    """A row file's content: magic, SHA-256 of (key, npy bytes), then the ``.npy`` bytes
+    (which hold the dtype and shape)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(row), allow_pickle=False)
+    payload = buffer.getvalue()
+    return _MAGIC + new_hash(key.encode("ascii") + b"\0" + payload).digest() + payload
+
+
+def _parse_row(key, data):
+    """The row in a row file's content, or None when it does not verify."""
+    head = len(_MAGIC) + 32
+    if len(data) <= head or not data.startswith(_MAGIC):
+        return None
+    payload = data[head:]
+    if new_hash(key.encode("ascii") + b"\0" + payload).digest() != data[len(_MAGIC) : head]:
+        return None  # changed values, another item's row, a torn write
+    try:
+        return np.load(io.BytesIO(payload), allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+class _DiskLayer:
+    """One verified row file per item under ``<cache_dir>/embeddings-v2/<digest>/``.
+
+    ``<digest>`` is a hex digest of the fingerprint, so every encoder configuration has its
+    own folder (and lock), and the name is valid on every file system.
+    """
+
+    def __init__(self, cache_dir, fingerprint, max_bytes):
+        self.root = os.path.join(os.path.abspath(cache_dir), _LAYOUT)
+        self.folder = os.path.join(self.root, sha256_hex(fingerprint.encode())[:32])
+        self.fingerprint = fingerprint
+        self.max_bytes = max_bytes
+        self.rejected = 0  # rows that did not verify, deleted (and recomputed by the caller)
+        self._spec = None
 
     def _path(self, key):
-        return os.path.join(self.folder, key[:2], key + ".npy")
+        return os.path.join(self.folder, key[:2], key + _ROW_SUFFIX)
+
+    def _read_spec(self):
+        """``(dtype, shape)`` recorded for this folder's rows, or None."""
+        try:
+            with open(os.path.join(self.folder, _META), encoding="utf-8") as f:
+                meta = json.load(f)
+            return np.dtype(meta["dtype"]).str, tuple(int(d) for d in meta["shape"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
 
     def get_many(self, keys):
         found = {}
+        spec = self._read_spec()
         for key in keys:
             path = self._path(key)
             try:
                 with open(path, "rb") as f:
-                    row = np.load(f, allow_pickle=False)
-            except FileNotFoundError:
+                    data = f.read()
+            except (FileNotFoundError, NotADirectoryError):
                 continue
-            except (OSError, ValueError, EOFError):
-                # unreadable (e.g. a disk filled up mid-copy by another tool): recompute it
+            except OSError:
+                data = b""
+            row = _parse_row(key, data)
+            if row is None or (spec is not None and (row.dtype.str, row.shape) != spec):
+                # does not verify: never served, recomputed and rewritten by the caller
+                self.rejected += 1
                 _remove_quietly(path)
                 continue
+            try:
+                os.utime(path)  # least recently used eviction goes by this time
+            except OSError:
+                pass
             found[key] = row
         return found
 
     def put_many(self, pairs):
+        if not pairs:
+            return
+        spec = (pairs[0][1].dtype.str, pairs[0][1].shape)
+        if self._spec != spec:
+            if self._read_spec() != spec:  # the encoder's rows are the truth
+                meta = {"fingerprint": self.fingerprint, "dtype": spec[0], "shape": spec[1]}
+                _write_atomic(
+                    os.path.join(self.folder, _META), json.dumps(meta).encode(), fsync=False
+                )
+            self._spec = spec
+        written = 0
         for key, row in pairs:
             path = self._path(key)
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    np.save(f, row, allow_pickle=False)
-                os.replace(tmp, path)  # atomic: readers see the old file, the new one, or none
-            except BaseException:
-                _remove_quietly(tmp)
-                raise
+            _makedirs_private(os.path.dirname(path))
+            data = _row_bytes(key, row)
+            _write_atomic(path, data, fsync=False)
+            written += len(data)
+        _account(self.root, written, self.max_bytes)
 
     @contextmanager
     def lock(self):
-        """Exclusive lock on this fingerprint's folder across processes."""
-        os.makedirs(self.folder, exist_ok=True)
-        fd = os.open(os.path.join(self.folder, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            else:  # pragma: no cover - Windows
-                while True:
-                    try:
-                        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-                        break
-                    except OSError:
-                        continue
+        """Exclusive lock on this fingerprint's folder across processes (an OS lock: released
+        when its holder dies)."""
+        _makedirs_private(self.folder)
+        _account(self.root, 0, self.max_bytes)  # the first use in a process sweeps
+        with file_lock(os.path.join(self.folder, ".lock")):
             yield
-        finally:
-            try:
-                if fcntl is not None:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                else:  # pragma: no cover - Windows
-                    os.lseek(fd, 0, os.SEEK_SET)
-                    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-            finally:
-                os.close(fd)
+
+
+_usage = {}  # disk layer root -> bytes estimated in use (a sweep measures it)
+_usage_lock = threading.Lock()
+
+
+def _account(root, written, max_bytes):
+    """Add ``written`` bytes to the estimate of ``root``'s size; sweep when it is unknown (the
+    first use in this process, and no other process measured it recently) or over
+    ``max_bytes``."""
+    with _usage_lock:
+        used = _usage.get(root)
+        if used is None:
+            used = _usage[root] = _recent_measure(root)
+        if used is not None:
+            used += written
+            _usage[root] = used
+    if used is None or used > max_bytes:
+        _sweep(root, max_bytes)
+
+
+def _recent_measure(root):
+    """The size the last sweep (of any process) measured, when it is less than ``_MEASURE_TTL_S``
+    old; else None."""
+    try:
+        with open(os.path.join(root, _USAGE), encoding="utf-8") as f:
+            measure = json.load(f)
+        if 0 <= time.time() - float(measure["time"]) < _MEASURE_TTL_S:
+            return int(measure["bytes"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return None
+
+
+def _sweep(root, max_bytes, *, now=None):
+    """Delete orphan temporary files, then the least recently used rows until the layer
+    holds at most ``_SWEEP_TARGET * max_bytes`` (when it holds more than ``max_bytes``).
+
+    One process sweeps at a time; the others skip. Deleting a row another process is about to
+    read is harmless: it finds no row and recomputes it.
+    """
+    from filelock import Timeout
+
+    now = time.time() if now is None else now
+    try:
+        with file_lock(os.path.join(root, ".sweep.lock"), timeout=0):
+            rows = []
+            for folder in _subfolders(root):
+                _remove_orphan_temps(folder, now=now)
+                for sub in _subfolders(folder):
+                    _remove_orphan_temps(sub, now=now)
+                    for entry in _entries(sub):
+                        if entry.name.endswith(_ROW_SUFFIX):
+                            try:
+                                st = entry.stat(follow_symlinks=False)
+                            except OSError:
+                                continue
+                            rows.append((st.st_mtime, st.st_size, entry.path))
+            used = sum(size for _, size, _ in rows)
+            if used > max_bytes:
+                rows.sort()
+                target = int(_SWEEP_TARGET * max_bytes)
+                for _, size, path in rows:
+                    if used <= target:
+                        break
+                    _remove_quietly(path)
+                    used -= size
+        _write_atomic(
+            os.path.join(root, _USAGE),
+            json.dumps({"bytes": used, "time": now}).encode(),
+            fsync=False,
+        )
+    except (Timeout, OSError):
+        return
+    with _usage_lock:
+        _usage[root] = used
+
+
+def _entries(folder):
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _subfolders(folder):
+    return [e.path for e in _entries(folder) if e.is_dir(follow_symlinks=False)]
 
 
 def _remove_quietly(path):
@@ -429,7 +539,10 @@ def cache_clear(*, disk=False):
             _stats[key] = 0
     cache_dir = get_config()["cache_dir"]
     if disk and cache_dir:
-        shutil.rmtree(os.path.join(cache_dir, _LAYOUT), ignore_errors=True)
+        root = os.path.join(os.path.abspath(cache_dir), _LAYOUT)
+        shutil.rmtree(root, ignore_errors=True)
+        with _usage_lock:
+            _usage.pop(root, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,7 +588,9 @@ def _run(fingerprint, keys, compute, name, verbose):
     n = len(keys)
     config = get_config()
     max_bytes = config["cache_max_bytes"]
-    disk = _DiskLayer(config["cache_dir"], fingerprint) if config["cache_dir"] else None
+    disk = None
+    if config["cache_dir"]:
+        disk = _DiskLayer(config["cache_dir"], fingerprint, config["cache_disk_max_bytes"])
     first = {}  # key -> first position with it (duplicates are computed once)
     for i, key in enumerate(keys):
         if key is not None and key not in first:
@@ -496,9 +611,11 @@ def _run(fingerprint, keys, compute, name, verbose):
         computed = {}
         if todo:
             if verbose:
+                rejected = disk.rejected if disk is not None else 0
                 print(
                     f"[skfusion cache] {name}: {n} rows, {len(first) - len(todo) + len(uncached)}"
-                    f" from the cache, computing {len(todo)}",
+                    f" from the cache, computing {len(todo)}"
+                    + (f" ({rejected} stored rows did not verify)" if rejected else ""),
                     file=sys.stderr,
                     flush=True,
                 )
@@ -522,8 +639,9 @@ def _run(fingerprint, keys, compute, name, verbose):
                 _memory.put_many(pairs, max_bytes)
                 if disk is not None:
                     disk.put_many(pairs)
-                if verbose and len(todo) > _CHUNK:
-                    done = min(lo + _CHUNK, len(todo))
+                done = min(lo + _CHUNK, len(todo))
+                if verbose and len(todo) > _CHUNK and (done % _REPORT_EVERY == 0 or
+                                                       done == len(todo)):
                     print(
                         f"[skfusion cache] {name}: {done}/{len(todo)} computed "
                         f"({time.perf_counter() - start:.1f}s)",
