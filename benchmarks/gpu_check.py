@@ -106,7 +106,7 @@ def check_devices(has_gpu):
     import onnxruntime
     import torch
 
-    from skfusion.encoders._text import resolve_device
+    from skfusion.runtime._device import resolve_device
     from skfusion.runtime import resolve_providers
 
     ort_cuda = ort_cuda_usable()

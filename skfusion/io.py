@@ -19,7 +19,6 @@ file).
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-import hashlib
 import importlib
 import io
 import os
@@ -28,6 +27,7 @@ import re
 import sys
 from pathlib import Path
 
+from .runtime._hashing import sha256_hex
 from .runtime._store import _write_atomic
 
 __all__ = [
@@ -411,7 +411,7 @@ def _share_equal_bytes(model, min_size=1 << 20):
     def shared(value):
         if not isinstance(value, bytes) or len(value) < min_size:
             return value
-        key = (len(value), hashlib.sha256(value[:4096]).digest())
+        key = (len(value), sha256_hex(value[:4096]))
         for other in kept.setdefault(key, []):
             if other is value or other == value:
                 return other
@@ -511,7 +511,7 @@ def load(path, *, sha256=None, trusted=None):
             "'.joblib' files."
         )
     data = path.read_bytes()  # read once: what is checked is what is loaded
-    check_sha256(path, hashlib.sha256(data).hexdigest(), sha256)
+    check_sha256(path, sha256_hex(data), sha256)
     if not data:
         raise ModelFileError(f"{path} is empty (0 bytes).")
     if fmt == "skops":

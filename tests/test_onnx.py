@@ -2,9 +2,11 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+import hashlib
 import pickle
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 from onnx import TensorProto, helper
@@ -135,7 +137,8 @@ def test_path_pickle_and_set_output(double_model, tmp_path):
     first = enc.transform([[1, 2, 3]])
     path.unlink()  # the fitted encoder keeps the bytes
     restored = pickle.loads(pickle.dumps(enc))
-    assert "_lazy" not in restored.__dict__
+    assert enc._session_slot.current is not None  # the original holds a session
+    assert "_session_slot" not in restored.__dict__
     np.testing.assert_array_equal(restored.transform([[1, 2, 3]]), first)
     out = restored.set_output(transform="pandas").transform(
         pd.Series([[1, 1, 1], None], index=[5, 6])
@@ -262,7 +265,39 @@ def test_fingerprint(token_model, double_model):
     )
     other = _token_encoder(token_model, preprocess=lambda items: tokenize(items))
     assert other._skfusion_fingerprint() != enc._skfusion_fingerprint()
-    assert OnnxEncoder._skfusion_stateless is True
+    # the SHA-256 of the bytes that run: other bytes, another fingerprint
+    fitted = OnnxEncoder(double_model).fit([[1, 2, 3]])
+    assert fitted.model_sha256_ == hashlib.sha256(double_model).hexdigest()
+    assert OnnxEncoder(double_model)._skfusion_fingerprint() == fitted._skfusion_fingerprint()
+    other_bytes = OnnxEncoder(double_model + b"\n")  # a trailing field: same graph, new bytes
+    assert other_bytes._skfusion_fingerprint() != fitted._skfusion_fingerprint()
+
+
+def test_bytes_altered_after_fit_are_refused(double_model):
+    enc = OnnxEncoder(double_model, device="cpu").fit([[1, 2, 3]])
+    restored = pickle.loads(pickle.dumps(enc))
+    flipped = bytearray(double_model)
+    flipped[-1] ^= 1
+    restored.model_bytes_ = bytes(flipped)
+    with pytest.raises(ValueError, match="OnnxEncoder's ONNX model bytes do not match"):
+        restored.transform([[1, 2, 3]])
+
+
+def test_a_session_setting_gets_a_new_session(double_model):
+    """The session is keyed by every setting that shapes it (threads, device, bytes)."""
+    enc = OnnxEncoder(double_model, device="cpu").fit([[1, 2, 3]])
+    first = enc._lazy_session()
+    assert enc._lazy_session() is first
+    enc.set_params(intra_op_num_threads=2)
+    second = enc._lazy_session()
+    assert second is not first and second.intra_op_num_threads == 2
+    np.testing.assert_array_equal(enc.transform([[1, 2, 3]]), [[2, 4, 6]])
+    enc.set_params(intra_op_num_threads=None)
+    assert enc._lazy_session() is not second
+    renamed = onnx.load_from_string(double_model)
+    renamed.graph.name = "renamed"
+    refit = enc.set_params(model=renamed.SerializeToString()).fit([[1, 2, 3]])
+    assert refit._lazy_session().model_bytes != first.model_bytes
 
 
 @pytest.mark.parametrize(
@@ -309,3 +344,17 @@ def test_real_text_model_matches_text_encoder():
     got = got[ok] / np.linalg.norm(got[ok], axis=1, keepdims=True)
     cos = (got * expected[ok]).sum(axis=1)
     assert cos.min() >= 0.9999
+
+
+def test_one_session_for_concurrent_first_uses(double_model):
+    """Threads that ask a fitted encoder for its session at once all get the same one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = OnnxEncoder(double_model, device="cpu").fit([[1, 2, 3]])
+    clone_ = pickle.loads(pickle.dumps(enc))  # no session held yet
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        held = list(pool.map(lambda _: clone_._lazy_session(), range(32)))
+    assert all(lazy is held[0] for lazy in held)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        rows = list(pool.map(lambda i: clone_.transform([[i, 0, 1]]), range(16)))
+    np.testing.assert_array_equal(np.vstack(rows), [[2 * i, 0, 2] for i in range(16)])

@@ -2,6 +2,7 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+import hashlib
 import pickle
 import subprocess
 import sys
@@ -244,6 +245,7 @@ def test_graphs_without_pooled_output_still_pool(onnx_encoder, reviews, onnx_emb
 
     old = pickle.loads(pickle.dumps(onnx_encoder))
     old.onnx_model_ = build_bert_onnx(default_text_model())  # token_embeddings only
+    del old.onnx_sha256_  # that skfusion recorded no hash either
     got = old.transform(reviews[0][:20])
     np.testing.assert_allclose(got, onnx_embeddings[:20], rtol=0, atol=1e-6)
 
@@ -337,11 +339,99 @@ def test_bad_items(encoder):
     assert np.isfinite(out[0]).all() and np.isnan(out[1:]).all()
 
 
+def _replace_model(encoder, model_bytes, record=True):
+    """A copy of ``encoder`` carrying ``model_bytes`` (with their hash recorded, or not)."""
+    other = pickle.loads(pickle.dumps(encoder))
+    other.onnx_model_ = model_bytes
+    if record:
+        other.onnx_sha256_ = hashlib.sha256(model_bytes).hexdigest()
+    return other
+
+
+@pytest.mark.parametrize("bad", ["bad \ud83d", "\udc00 alone", "mixed \ud800\udfff pair"])
+def test_text_the_tokenizer_cannot_take_names_its_row(encoder, bad):
+    # object dtype: pandas' pyarrow-backed strings cannot hold a lone surrogate
+    texts = pd.Series(["a warm sweater", bad, "runs small"], index=[10, 11, 12], dtype=object)
+    with pytest.raises(EncodingError, match=r"row 1 \(index 11\).*not valid Unicode"):
+        encoder.transform(texts)
+
+
+def test_text_the_tokenizer_cannot_take_is_missing_on_request(encoder):
+    texts = ["a warm sweater", "bad \ud83d", "runs small", "lovely"]
+    lenient = clone(encoder).set_params(on_error="missing").fit(["x"])
+    out = lenient.transform(texts)
+    assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2, 3]]).all()
+    # the other rows are what they are without the bad one (exact for ONNX: a row never
+    # depends on its batch mates; torch pads its batches, so float32 rounding differs)
+    alone = lenient.transform([texts[0], texts[2], texts[3]])
+    if encoder.backend_ == "onnx":
+        np.testing.assert_array_equal(out[[0, 2, 3]], alone)
+    else:
+        np.testing.assert_allclose(out[[0, 2, 3]], alone, atol=1e-5)
+    values, mask = lenient.transform_sequence(texts)
+    assert np.isnan(values[1]).all() and not mask[1].any() and mask[[0, 2, 3]].any(axis=1).all()
+
+
+class _PickyTokenizer:
+    """A tokenizer that rejects texts containing "reject" (as tokenizers rejects some input
+    for a whole batch), standing for failures that no check before tokenising can foresee."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def encode_batch(self, texts):
+        if any("reject" in t for t in texts):
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]")
+        return self.inner.encode_batch(texts)
+
+    def encode(self, text):
+        if "reject" in text:
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]")
+        return self.inner.encode(text)
+
+
+def test_a_tokenizer_failure_is_traced_to_its_row(onnx_encoder):
+    texts = pd.Series(["a warm sweater", "runs small", "please reject me", "lovely"],
+                      index=list("abcd"))
+    strict = pickle.loads(pickle.dumps(onnx_encoder))
+    strict._tok = _PickyTokenizer(onnx_encoder._tokenizer())
+    with pytest.raises(EncodingError, match=r"row 2 \(index 'c'\).*tokenizer cannot take"):
+        strict.transform(texts)
+    with pytest.raises(EncodingError, match=r"row 2 \(index 'c'\)"):
+        strict.transform_sequence(texts)
+    lenient = pickle.loads(pickle.dumps(onnx_encoder)).set_params(on_error="missing")
+    lenient._tok = _PickyTokenizer(onnx_encoder._tokenizer())
+    out = lenient.transform(texts)
+    assert np.isnan(out[2]).all()
+    np.testing.assert_array_equal(out[[0, 1, 3]], onnx_encoder.transform(texts.iloc[[0, 1, 3]]))
+
+
 def test_corrupt_onnx_model(onnx_encoder):
-    broken = pickle.loads(pickle.dumps(onnx_encoder))
-    broken.onnx_model_ = onnx_encoder.onnx_model_[: len(onnx_encoder.onnx_model_) // 3]
+    truncated = onnx_encoder.onnx_model_[: len(onnx_encoder.onnx_model_) // 3]
+    broken = _replace_model(onnx_encoder, truncated)
     with pytest.raises(ValueError, match="not a valid ONNX model"):
         broken.transform(["text"])
+
+
+def test_onnx_bytes_are_checked_against_the_hash_recorded_at_fit(onnx_encoder):
+    """Bytes altered after fit (one flipped bit) are refused before a session is built."""
+    flipped = bytearray(onnx_encoder.onnx_model_)
+    flipped[len(flipped) // 2] ^= 1
+    altered = _replace_model(onnx_encoder, bytes(flipped), record=False)
+    with pytest.raises(ValueError, match="TextEncoder's ONNX model bytes do not match"):
+        altered.transform(["text"])
+    assert altered.__dict__.get("_session_slot") is None or altered._session_slot.current is None
+
+
+def test_fingerprint_holds_the_sha256_of_the_bytes_that_run(onnx_encoder, int8_encoder):
+    for encoder in (onnx_encoder, int8_encoder):
+        sha = hashlib.sha256(encoder.onnx_model_).hexdigest()
+        assert encoder.onnx_sha256_ == sha
+        assert encoder._skfusion_fingerprint().endswith(f"|onnx={sha}")
+    # an encoder pickled before fit recorded the hash: it is computed from its bytes
+    old = pickle.loads(pickle.dumps(onnx_encoder))
+    del old.onnx_sha256_
+    assert old._skfusion_fingerprint() == onnx_encoder._skfusion_fingerprint()
 
 
 def test_wrong_onnx_model(onnx_encoder):
@@ -352,8 +442,7 @@ def test_wrong_onnx_model(onnx_encoder):
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    wrong = pickle.loads(pickle.dumps(onnx_encoder))
-    wrong.onnx_model_ = model.SerializeToString()
+    wrong = _replace_model(onnx_encoder, model.SerializeToString())
     with pytest.raises(ValueError, match="not a text transformer export"):
         wrong.transform(["text"])
 
@@ -398,9 +487,14 @@ def test_fit_from_the_store_needs_no_torch(monkeypatch, onnx_encoder):
 
 def test_pickle_round_trip(encoder, reviews):
     texts = reviews[0][:5]
+    encoder.transform(texts)  # a session (ONNX) or model (torch) is held now
+    held = {key for key in ("_model", "_tok", "_session_slot") if key in encoder.__dict__}
+    assert held
     restored = pickle.loads(pickle.dumps(encoder))
-    for key in ("_model", "_lazy", "_tok"):
+    assert held <= set(encoder.__dict__)  # pickling leaves the live encoder as it was
+    for key in ("_model", "_tok"):
         assert key not in restored.__dict__
+    assert "_session_slot" not in restored.__dict__  # sessions never travel in a pickle
     np.testing.assert_allclose(restored.transform(texts), encoder.transform(texts), atol=1e-6)
 
 
@@ -488,7 +582,6 @@ def test_fingerprint(onnx_encoder, torch_encoder):
     assert unfitted._skfusion_fingerprint() == onnx_encoder._skfusion_fingerprint()
     assert onnx_encoder._skfusion_fingerprint() != torch_encoder._skfusion_fingerprint()
     assert onnx_encoder.model_hash_ in onnx_encoder._skfusion_fingerprint()
-    assert TextEncoder._skfusion_stateless is True
 
 
 def test_fingerprint_follows_the_graph_version(onnx_encoder, int8_encoder, monkeypatch):

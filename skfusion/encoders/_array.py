@@ -9,9 +9,12 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from .._progress import progress
 from ._base import RawItemEncoderMixin, column_values, scatter, split_missing
 
 __all__ = ["ArrayEncoder"]
+
+_BLOCK = 4096  # rows flattened between two progress updates
 
 
 def _as_vector(value):
@@ -40,6 +43,11 @@ class ArrayEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         What a bad item (not numeric, wrong shape, a string...) does: raise an error naming the
         row and the value, or count as a missing modality.
 
+    verbose : int, default=0
+        ``verbose > 0`` shows a progress bar on stderr while flattening (as does
+        ``skfusion.set_config(show_progress=True)``); never inside joblib or Dask workers, and
+        ``TQDM_DISABLE=1`` silences it.
+
     Attributes
     ----------
     item_shape_ : tuple of int
@@ -65,10 +73,14 @@ class ArrayEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
     _accepts_strings = False  # arrays only
 
-    _parameter_constraints: dict = {"on_error": [StrOptions({"raise", "missing"})]}
+    _parameter_constraints: dict = {
+        "on_error": [StrOptions({"raise", "missing"})],
+        "verbose": ["verbose"],
+    }
 
-    def __init__(self, *, on_error="raise"):
+    def __init__(self, *, on_error="raise", verbose=0):
         self.on_error = on_error
+        self.verbose = verbose
 
     def _split(self, X, shape=None):
         values, labels = column_values(X, type(self).__name__)
@@ -121,7 +133,12 @@ class ArrayEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         n, present, arrays = self._split(X, self.item_shape_)
-        rows = np.stack([a.reshape(-1) for a in arrays]) if arrays else None
+        rows = np.empty((len(arrays), self.n_features_out_), dtype=np.float32)
+        with progress(len(arrays), type(self).__name__, self.verbose) as bar:
+            for start in range(0, len(arrays), _BLOCK):
+                block = arrays[start : start + _BLOCK]
+                rows[start : start + len(block)] = [a.reshape(-1) for a in block]
+                bar.update(len(block))
         return scatter(n, present, rows, self.n_features_out_)
 
     def get_feature_names_out(self, input_features=None):

@@ -12,7 +12,8 @@ from ..exceptions import EncodingError
 __all__ = ["EncodingError"]
 
 
-def _short(value, limit=80):
+def short_repr(value, limit=80):
+    """``repr(value)`` cut to ``limit`` characters (for error messages)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -22,7 +23,7 @@ def raise_encoding_error(encoder, row, labels, reason, value, cause=None):
     label = None if labels is None else labels[row]
     raise EncodingError(
         type(encoder).__name__ if not isinstance(encoder, str) else encoder,
-        row, reason, _short(value), label=label,
+        row, reason, short_repr(value), label=label,
     ) from cause
 
 
@@ -137,6 +138,15 @@ class RawItemEncoderMixin:
         """
         check_is_fitted(self)
         return np.asarray([str(i) for i in range(self.embedding_dim_)], dtype=object)
+
+    def __getstate__(self):
+        # a copy: on Python >= 3.11 BaseEstimator's state is the live __dict__ itself, which
+        # the encoders' own __getstate__ would otherwise strip of its runtime objects.
+        # The ONNX session slot (skfusion.runtime._session.lazy_session) pickles empty anyway;
+        # leaving it out keeps pickles and .skops files free of runtime objects.
+        state = dict(super().__getstate__())
+        state.pop("_session_slot", None)
+        return state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -2,7 +2,6 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-import hashlib
 import os
 from collections.abc import Mapping
 from numbers import Integral
@@ -12,6 +11,9 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from .._progress import progress
+from ..runtime._hashing import file_digest, sha256_hex
+from ..runtime._session import clear_session
 from ._base import (
     RawItemEncoderMixin,
     pad_sequences,
@@ -48,7 +50,7 @@ def _callable_digest(func):
     name = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
     if code is None:
         return f"{name}:{func!r}"
-    digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
+    digest = sha256_hex(code.co_code + repr(code.co_consts).encode())[:16]
     return f"{name}:{digest}"
 
 
@@ -123,10 +125,20 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         What an item that ``preprocess`` rejects does: raise an error naming the row and value,
         or count as a missing modality.
 
+    verbose : int, default=0
+        ``verbose > 0`` shows a progress bar (rows encoded, rate, time left) on stderr while
+        encoding, as does ``skfusion.set_config(show_progress=True)``; never inside joblib or
+        Dask workers, and ``TQDM_DISABLE=1`` silences it.
+
     Attributes
     ----------
     model_bytes_ : bytes
         The ONNX model.
+
+    model_sha256_ : str
+        SHA-256 of ``model_bytes_`` at fit: part of the embedding-cache fingerprint, and checked
+        against the bytes before a session is built (an error naming the encoder when they
+        differ).
 
     output_name_ : str
         The name of the output used.
@@ -174,6 +186,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         "device": [str],
         "intra_op_num_threads": [Interval(Integral, 1, None, closed="left"), None],
         "on_error": [StrOptions({"raise", "missing"})],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -189,6 +202,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         device="auto",
         intra_op_num_threads=None,
         on_error="raise",
+        verbose=0,
     ):
         self.model = model
         self.preprocess = preprocess
@@ -200,23 +214,20 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self.device = device
         self.intra_op_num_threads = intra_op_num_threads
         self.on_error = on_error
+        self.verbose = verbose
 
     # --- session ---
     def _lazy_session(self):
-        from ..runtime import LazySession
+        """The keyed lazy session (bytes' SHA-256, device, threads; checked against fit's)."""
+        from ..runtime._session import lazy_session
 
-        settings = (self.device, self.intra_op_num_threads)
-        lazy = getattr(self, "_lazy", None)
-        if lazy is None or getattr(self, "_lazy_settings", None) != settings:
-            lazy = LazySession(self.model_bytes_, self.device, self.intra_op_num_threads)
-            self._lazy, self._lazy_settings = lazy, settings
-        return lazy
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_lazy", None)
-        state.pop("_lazy_settings", None)
-        return state
+        return lazy_session(
+            self,
+            self.model_bytes_,
+            device=self.device,
+            intra_op_num_threads=self.intra_op_num_threads,
+            expected_sha256=getattr(self, "model_sha256_", None),
+        )
 
     def _skfusion_fingerprint(self):
         """A string that identifies this encoder's output (for the embedding cache).
@@ -229,7 +240,15 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         """
         from ..runtime import estimator_fingerprint
 
-        model = getattr(self, "model_bytes_", None) or self.model
+        # fitted: the SHA-256 of the bytes that run (recorded at fit, checked before a session
+        # is built); unfitted: the model file or bytes given, hashed by content
+        sha = getattr(self, "model_sha256_", None)
+        if sha is None and hasattr(self, "model_bytes_"):  # pickled by an older skfusion
+            sha = sha256_hex(self.model_bytes_)
+        elif sha is None and isinstance(self.model, bytes):
+            sha = sha256_hex(self.model)
+        elif sha is None and os.path.isfile(self.model):
+            sha = file_digest(self.model).hex()  # memoised by the file's size and time
         return estimator_fingerprint(
             self,
             ignore=(
@@ -239,9 +258,10 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 "device",
                 "intra_op_num_threads",
                 "on_error",
+                "verbose",
             ),
-            model=model,
-            extra=_callable_digest(self.preprocess),
+            model=None if sha is not None else self.model,
+            extra=(_callable_digest(self.preprocess), f"onnx-sha256={sha}"),
         )
 
     # --- fit ---
@@ -280,11 +300,12 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             if self.output >= len(outputs):
                 raise ValueError(f"output={self.output} but the model has outputs {names}")
             out = outputs[self.output]
+        clear_session(self)
         self.model_bytes_ = model_bytes
+        self.model_sha256_ = sha256_hex(model_bytes)
         self.output_name_ = out.name
         self.input_names_ = [i.name for i in session.get_inputs()]
         self._input_types = {i.name: i.type for i in session.get_inputs()}
-        self.__dict__.pop("_lazy", None)
         dim = self._static_dim(out.shape)
         if dim is None:
             n, present, items, labels = self._split(X)
@@ -369,7 +390,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             )
         return positions, np.asarray(out), mask
 
-    def _run_batches(self, items, present, labels):
+    def _run_batches(self, items, present, labels, bar=None):
         """Yield (positions, raw output, mask) per batch.
 
         When a batch fails (``preprocess`` or the model rejects it), its items run one by one
@@ -385,6 +406,8 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 raise
             except (TypeError, ValueError):
                 result = None
+            if bar is not None:
+                bar.update(len(batch))
             if result is not None:
                 yield result
                 continue
@@ -418,8 +441,8 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         values, mask = self._as_sequence(out, mask)
         return pool_sequence(values, mask, self.pooling)
 
-    def _encode_rows(self, items, present, labels, n, dim):
-        batches = self._run_batches(items, present, labels)
+    def _encode_rows(self, items, present, labels, n, dim, bar=None):
+        batches = self._run_batches(items, present, labels, bar)
         pieces = [(kept, self._pool(out, mask)) for kept, out, mask in batches]
         if n is None:  # fit: just the rows
             if not pieces:
@@ -450,7 +473,8 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         n, present, items, labels = self._split(X)
         if not items:
             return scatter(n, present, np.empty((0, self.embedding_dim_)), self.embedding_dim_)
-        return self._encode_rows(items, present, labels, n, self.embedding_dim_)
+        with progress(len(items), type(self).__name__, self.verbose) as bar:
+            return self._encode_rows(items, present, labels, n, self.embedding_dim_, bar)
 
     def transform_sequence(self, X):
         """The output as a sequence per row, padded to the longest, and its mask.
@@ -473,7 +497,9 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         n, present, items, labels = self._split(X)
         pieces = []
-        for kept, out, mask in self._run_batches(items, present, labels) if items else []:
+        with progress(len(items), type(self).__name__, self.verbose) as bar:
+            batches = list(self._run_batches(items, present, labels, bar)) if items else []
+        for kept, out, mask in batches:
             if out.ndim not in (3, 4):
                 raise ValueError(
                     f"transform_sequence needs a sequence output (n, T, d) or (n, C, H, W); "

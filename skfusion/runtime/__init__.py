@@ -20,6 +20,13 @@ Sessions
     Picklable holder: ``.session`` (built on first access, thread-safe, dropped by
     ``__getstate__``), ``.run(output_names, feeds)``, ``.input_names``, ``.output_names``,
     ``.model_bytes``, ``.device``. On the CUDA provider ``.run`` goes through ``run_session``.
+``lazy_session(owner, model_bytes, *, device, intra_op_num_threads, disabled_optimizers,
+expected_sha256, check) -> LazySession`` (private, ``skfusion.runtime._session``)
+    The one lazy-session helper of every ONNX encoder: the owner's session for a key of every
+    setting that shapes it (SHA-256 of the bytes, providers, device, threads, disabled
+    optimisers), rebuilt when any of them changes (``set_params`` after fit takes effect),
+    thread-safe, never pickled; ``expected_sha256`` refuses bytes that differ from the hash
+    recorded at fit. ``resolve_device`` lives in ``skfusion.runtime._device``.
 ``run_session(session, output_names, feeds, device_id=0) -> list[ndarray]``
     CUDA sessions: an IOBinding (host inputs bound with ``bind_cpu_input``, the requested
     outputs allocated on the GPU and copied back once); others: ``session.run``.
@@ -59,7 +66,9 @@ Pooling
 Export (private, ``skfusion.runtime._export``)
 ----------------------------------------------
 Reading a sentence-transformers folder, its content hash, the torch → ONNX export of its
-transformer (output ``token_embeddings``) and dynamic int8 quantisation; used by
+transformer (output ``token_embeddings``) and int8 quantisation: every float MatMul weight
+per output channel, activations per token (the same quantiser as the fused BERT graph of
+``skfusion.runtime._bert``, so a row's int8 output never depends on its batch); used by
 :class:`skfusion.encoders.TextEncoder`.
 
 Embedding cache

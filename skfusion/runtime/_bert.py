@@ -34,7 +34,7 @@ per output channel (symmetric, scale ``max|w| / 127``), an exact integer product
 the row scale times the channel scale. Embeddings, LayerNorms, attention scores and GELU stay
 float32.
 
-The weights are read from ``model.safetensors`` by a small reader here, so building needs
+The weights are read from ``model.safetensors`` with ``safetensors.numpy``, so building needs
 neither torch nor transformers. Each build is checked against a float64 numpy forward pass of
 the same weights, on a padded batch and on an unpadded one (float32: the two must also agree on
 the row they share; int8: a one-layer graph from the same writer must also match numpy doing
@@ -79,22 +79,15 @@ SENTENCE_POOLING_SETTINGS = "sentence-pooling|fp32|masked|v1"
 # The sessions of this graph turn those fusions off on CPU.
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion", "BiasGeluFusion")
 
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
 _PREFIXES = ("bert.", "model.", "")
 
 
 def read_safetensors(path):
     """Read a ``.safetensors`` file into float32/int numpy arrays (bf16/f16 become float32).
+
+    ``safetensors.numpy`` reads the file (no torch). numpy has no bfloat16, so a file with
+    bf16 tensors is read through ``safetensors.deserialize`` and those tensors widened to
+    float32 (a bf16 value is the upper half of a float32).
 
     Parameters
     ----------
@@ -109,41 +102,50 @@ def read_safetensors(path):
     Raises
     ------
     ValueError
-        When the file is not a safetensors file or uses an unknown dtype.
+        When the file is not a safetensors file or uses a dtype numpy cannot hold.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from safetensors.numpy import save_file
+    >>> from skfusion.runtime._bert import read_safetensors
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+    >>> save_file({"w": np.ones((2, 3), dtype=np.float16)}, path)
+    >>> read_safetensors(path)["w"].dtype
+    dtype('float32')
     """
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    if len(raw) < 8:
-        raise ValueError(f"{os.fspath(path)!r} is not a safetensors file (too short)")
-    n = int.from_bytes(raw[:8], "little")
+    safetensors = import_optional_dependency("safetensors", purpose="reading BERT weights")
+    from safetensors.numpy import load_file
+
+    path = os.fspath(path)
     try:
-        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{os.fspath(path)!r} is not a safetensors file: {exc}") from exc
-    body = memoryview(raw)[8 + n :]
-    tensors = {}
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = spec["data_offsets"]
-        dtype = spec["dtype"]
-        chunk = body[begin:end]
-        if dtype == "BF16":  # the upper half of a float32
-            bits = np.frombuffer(chunk, dtype="<u2").astype(np.uint32) << 16
-            array = bits.view(np.float32)
-        elif dtype in _SAFETENSORS_DTYPES:
-            array = np.frombuffer(
-                chunk, dtype=np.dtype(_SAFETENSORS_DTYPES[dtype]).newbyteorder("<")
-            )
-        else:
-            raise ValueError(
-                f"tensor {name!r} of {os.fspath(path)!r} has unsupported dtype {dtype}"
-            )
-        array = array.reshape(spec["shape"])
-        if array.dtype.kind == "f":
-            array = array.astype(np.float32)
-        tensors[name] = array
-    return tensors
+        tensors = load_file(path)
+    except TypeError:  # a dtype numpy lacks (bf16): widen it by hand below
+        tensors = None
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise ValueError(f"{path!r} is not a safetensors file: {exc}") from exc
+    if tensors is None:
+        with open(path, "rb") as fh:
+            raw = {name: spec for name, spec in safetensors.deserialize(fh.read())}
+        tensors = {}
+        with safetensors.safe_open(path, framework="np") as handle:
+            for name in handle.keys():
+                try:
+                    tensors[name] = handle.get_tensor(name)
+                    continue
+                except TypeError:
+                    spec = raw[name]
+                if spec["dtype"] != "BF16":
+                    raise ValueError(
+                        f"tensor {name!r} of {path!r} has dtype {spec['dtype']}, which numpy "
+                        "cannot hold"
+                    )
+                bits = np.frombuffer(bytes(spec["data"]), dtype="<u2").astype(np.uint32) << 16
+                tensors[name] = bits.view(np.float32).reshape(spec["shape"])
+    return {
+        name: array.astype(np.float32) if array.dtype.kind == "f" else array
+        for name, array in tensors.items()
+    }
 
 
 def _read_config(transformer_dir):
@@ -328,6 +330,20 @@ def _quantize_rows(g, x, width, name):
     return codes, scale
 
 
+def row_quantization_constants(g, zero_point_shape=(1, 1, 1)):
+    """Add the constants that :func:`_quantize_rows` and :func:`_int8_product` refer to.
+
+    ``zero_point_shape`` is the shape of the zero point that ``Expand`` broadcasts to the
+    scale's shape: ``(1, 1, 1)`` in the BERT graph (its bytes are keyed by
+    ``BERT_GRAPH_SETTINGS``), ``(1,)`` for inputs of any rank.
+    """
+    g.const("rows.axis", np.array([-1], dtype=np.int64))
+    g.const("rows.floor", np.array(1e-30, dtype=np.float32))
+    g.const("rows.inv127", np.array(1.0 / 127.0, dtype=np.float32))
+    g.const("rows.zp", np.full(zero_point_shape, 128, dtype=np.uint8))
+    g.const("rows.zp_scalar", np.array(128, dtype=np.uint8))
+
+
 def _int8_product(g, rows, weight, name, bias=None):
     """x @ weight (+ bias) from x's per-row codes: MatMulIntegerToFloat (+ Add).
 
@@ -382,12 +398,8 @@ def _write_graph(cfg, weights, int8):
         extra_outputs=["emb.mask_index"],  # declared (the kernel needs it), unused
         epsilon=float(eps),
     )
-    if int8:  # shared constants of the per-row quantisation
-        g.const("rows.axis", np.array([-1], dtype=np.int64))
-        g.const("rows.floor", np.array(1e-30, dtype=np.float32))
-        g.const("rows.inv127", np.array(1.0 / 127.0, dtype=np.float32))
-        g.const("rows.zp", np.full((1, 1, 1), 128, dtype=np.uint8))
-        g.const("rows.zp_scalar", np.array(128, dtype=np.uint8))
+    if int8:
+        row_quantization_constants(g)
 
     def product(x, weight, name, bias=None, rows=None):
         if not int8:

@@ -6,17 +6,18 @@ sentence-transformers; only :func:`export_transformer_onnx` needs torch and tran
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+import contextlib
 import json
 import logging
 import os
-import tempfile
+import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .._utils import import_optional_dependency
-from ._store import content_hash
+from ._hashing import tree_hash
 
 __all__ = [
     "EXPORT_SETTINGS",
@@ -28,7 +29,8 @@ __all__ = [
 
 # Everything that changes the exported bytes; part of the model-store key.
 EXPORT_SETTINGS = "torch-dynamo-export|opset=18|attn=eager|out=token_embeddings|v1"
-INT8_SETTINGS = "ort-dynamic-int8|per_channel=True|ops=MatMul|weights=QInt8|v1"
+# Everything that changes quantize_int8's bytes; part of the model-store key.
+INT8_SETTINGS = "skfusion-int8|matmul-weights|rows-u8-sym-zp128+channels-s8-sym|opset>=21|v2"
 
 _TRANSFORMER = "sentence_transformers.models.Transformer"
 _POOLING = "sentence_transformers.models.Pooling"
@@ -41,8 +43,6 @@ _POOLING_KEYS = [
     ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
 ]
 _UNSUPPORTED_POOLING = ["pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"]
-
-_HASH_MEMO = {}
 
 
 def _read_json(path):
@@ -118,10 +118,15 @@ def read_sentence_transformer_folder(path):
     }
 
 
+def _not_model_content(name):
+    return name.startswith(".") or name.upper().startswith("README")
+
+
 def folder_hash(path):
     """Content hash of a model folder: every file except hidden ones and READMEs.
 
-    The result is memoised per (file, size, mtime), so a 90 MB model is read once per process.
+    Each file's digest is memoised per (file, size, mtime, inode), so a 90 MB model is read
+    once per process.
 
     Parameters
     ----------
@@ -133,23 +138,7 @@ def folder_hash(path):
     digest : str
         SHA-256 hex digest of the relative paths and contents.
     """
-    root = Path(path).resolve()
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or name.upper().startswith("README"):
-                continue
-            full = Path(dirpath) / name
-            stat = full.stat()
-            files.append((full.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
-    memo_key = (str(root), tuple(files))
-    if memo_key not in _HASH_MEMO:
-        parts = []
-        for rel, _, _ in files:
-            parts += [rel, root / rel]
-        _HASH_MEMO[memo_key] = content_hash(*parts)
-    return _HASH_MEMO[memo_key]
+    return tree_hash(Path(path).resolve(), skip=_not_model_content)
 
 
 def _example_inputs(tokenizer_file):
@@ -167,6 +156,46 @@ def _example_inputs(tokenizer_file):
         arrays["mask"][row, :n] = 1
         arrays["types"][row, :n] = enc.type_ids
     return arrays
+
+
+class _ThreadNotices(logging.Filter):
+    """Drop torch's records below ERROR logged by the thread that made the filter."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record):
+        return (
+            record.thread != self.thread
+            or record.levelno >= logging.ERROR
+            or not record.name.startswith("torch")
+        )
+
+
+@contextlib.contextmanager
+def _quiet_torch_notices():
+    """While exporting, drop torch's notices ("torchvision is not installed") of this thread.
+
+    torch logs them on child loggers of ``torch.onnx`` (created during the export), which a
+    logger filter does not see, so the filter goes on the handlers that print them (torch's
+    own, on ``torch`` and ``torch.onnx`` among others, and the root logger's) for the time of
+    the call, and is removed afterwards. No logger's level changes, and other threads' records pass.
+    """
+    notices = _ThreadNotices()
+    loggers = [logging.getLogger()] + [
+        logger
+        for name, logger in list(logging.Logger.manager.loggerDict.items())
+        if (name == "torch" or name.startswith("torch.")) and isinstance(logger, logging.Logger)
+    ]
+    handlers = {id(h): h for logger in loggers for h in logger.handlers}.values()
+    for handler in handlers:
+        handler.addFilter(notices)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(notices)
 
 
 def export_transformer_onnx(info):
@@ -219,10 +248,7 @@ def export_transformer_onnx(info):
     tensors = [torch.from_numpy(example[k]) for k in ("ids", "mask", "types")[: len(names)]]
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     wrapper = _TokenEmbeddings(model)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" notices
-    try:
+    with _quiet_torch_notices():
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
@@ -237,8 +263,6 @@ def export_transformer_onnx(info):
             )
             program.optimize()
             expected = wrapper(*tensors).numpy()
-    finally:
-        quiet.setLevel(level)
     model_bytes = program.model_proto.SerializeToString()
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(names, tensors)}
@@ -251,7 +275,15 @@ def export_transformer_onnx(info):
 
 
 def quantize_int8(model_bytes):
-    """Dynamic int8 quantisation (per-channel weights of the MatMul nodes) with ONNX Runtime.
+    """int8 products for an exported graph: the BERT graph's quantisation, applied to MatMuls.
+
+    Every ``MatMul`` whose second input is a 2-D float32 initializer (a weight) becomes
+    ``MatMulIntegerToFloat``: its activations quantised *per row* (symmetric, one scale per
+    token, so that a row's codes do not depend on its batch mates) and its weight per output
+    channel, by the same writers as the fused BERT graph's int8 products
+    (:func:`skfusion.runtime._bert.quantize_per_channel`). The rewrite is done in memory with
+    ``onnx``: no temporary files, no working-directory or logger changes. The default-domain
+    opset is raised to 21 when lower (``QuantizeLinear``'s ``block_size``).
 
     Parameters
     ----------
@@ -262,27 +294,69 @@ def quantize_int8(model_bytes):
     -------
     quantized : bytes
         The int8 model (activations quantised on the fly at run time).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from onnx import TensorProto, helper, numpy_helper
+    >>> from skfusion.runtime import make_session
+    >>> from skfusion.runtime._export import quantize_int8
+    >>> x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    >>> y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    >>> w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "w")
+    >>> graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+    ...                           [x], [y], [w])
+    >>> model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    >>> session = make_session(quantize_int8(model.SerializeToString()), device="cpu")
+    >>> [node.op_type for node in __import__("onnx").load_from_string(
+    ...     quantize_int8(model.SerializeToString())).graph.node][-2:]
+    ['MatMulIntegerToFloat', 'Identity']
+    >>> session.run(None, {"x": np.ones((1, 4), np.float32)})[0].round(1)
+    array([[18., 22., 26.]], dtype=float32)
     """
-    quantization = import_optional_dependency(
-        "onnxruntime.quantization", purpose="int8 quantisation"
-    )
-    with tempfile.TemporaryDirectory(prefix="skfusion-q-") as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(model_bytes)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger
-        cwd = os.getcwd()
-        os.chdir(tmp)  # ORT's shape inference may drop temporary files in the working directory
-        try:
-            quantization.quantize_dynamic(
-                src,
-                dst,
-                per_channel=True,
-                weight_type=quantization.QuantType.QInt8,
-                op_types_to_quantize=["MatMul"],
-            )
-        finally:
-            os.chdir(cwd)
-            root.setLevel(level)
-        return dst.read_bytes()
+    onnx = import_optional_dependency("onnx", purpose="int8 quantisation")
+    from ._bert import _GraphWriter, _int8_product, _quantize_rows, row_quantization_constants
+
+    model = onnx.load_from_string(bytes(model_bytes))
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    uses = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    g = _GraphWriter(onnx)
+    row_quantization_constants(g, zero_point_shape=(1,))
+    nodes, replaced = [], set()
+    for index, node in enumerate(graph.node):
+        init = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        weight = None if init is None else onnx.numpy_helper.to_array(init)
+        if node.domain not in ("", "ai.onnx") or weight is None or weight.ndim != 2 or (
+            weight.dtype != np.float32
+        ):
+            nodes.append(node)
+            continue
+        g.nodes = []
+        name = f"skfusion_int8.{index}"
+        rows = _quantize_rows(g, node.input[0], weight.shape[0], name)
+        out = _int8_product(g, rows, weight, name)
+        g.node("Identity", [out], node.output[0])
+        nodes.extend(g.nodes)
+        uses[node.input[1]] -= 1
+        replaced.add(node.input[1])
+    if not replaced:
+        return bytes(model_bytes)
+    kept = [init for init in graph.initializer if uses.get(init.name, 0) > 0]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + g.initializers)
+    opsets = {o.domain: o for o in model.opset_import}
+    default = opsets.get("") or opsets.get("ai.onnx")
+    if default is None:
+        model.opset_import.append(onnx.helper.make_opsetid("", 21))
+    elif default.version < 21:
+        default.version = 21
+    if "com.microsoft" not in opsets:
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    model.ir_version = max(model.ir_version, 10)
+    return model.SerializeToString()

@@ -76,9 +76,12 @@ def file_digest(path):
     return digest
 
 
-def tree_hash(path):
+def tree_hash(path, *, skip=None):
     """SHA-256 hex digest of a file's bytes, or of every file under a folder (relative names
     included), memoised per file (see :func:`file_digest`).
+
+    ``skip(name) -> bool``, if given, leaves out the files and sub-folders whose name it
+    accepts (for example hidden files and READMEs of a model folder).
 
     Examples
     --------
@@ -96,8 +99,10 @@ def tree_hash(path):
     digest = hashlib.sha256()
     if os.path.isdir(path):
         for root, dirs, files in os.walk(path):
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if skip is None or not skip(d))
             for name in sorted(files):
+                if skip is not None and skip(name):
+                    continue
                 full = os.path.join(root, name)
                 digest.update(os.path.relpath(full, path).replace(os.sep, "/").encode())
                 digest.update(b"\0")

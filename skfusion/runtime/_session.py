@@ -4,19 +4,24 @@
 
 import contextlib
 import io
-import multiprocessing
 import os
 import sys
 import threading
 import weakref
 
 from .._utils import import_optional_dependency
+from ._device import in_worker_process
+from ._hashing import sha256_hex
 
 __all__ = [
     "FLOAT16_SETTINGS",
     "LazySession",
+    "ModelBytesMismatchError",
+    "SessionSlot",
+    "clear_session",
     "default_intra_op_threads",
     "float16_model",
+    "lazy_session",
     "make_session",
     "resolve_providers",
     "run_session",
@@ -139,11 +144,6 @@ def _usable_cpus():
         return max(os.cpu_count() or 1, 1)
 
 
-def _in_worker_process():
-    name = multiprocessing.current_process().name
-    return name.startswith(("LokyProcess", "ForkPoolWorker", "SpawnPoolWorker", "Dask"))
-
-
 def default_intra_op_threads():
     """Intra-op thread count that does not oversubscribe the machine.
 
@@ -165,7 +165,7 @@ def default_intra_op_threads():
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return min(int(env), _usable_cpus())
-    if _in_worker_process():
+    if in_worker_process():
         return 1
     return _usable_cpus()
 
@@ -561,3 +561,183 @@ class LazySession:
             f"LazySession(<{len(self.model_bytes)} bytes>, device={self.device!r}, "
             f"intra_op_num_threads={self.intra_op_num_threads!r})"
         )
+
+
+class ModelBytesMismatchError(ValueError):
+    """The ONNX bytes an encoder carries are not the ones whose SHA-256 it recorded at fit."""
+
+
+class SessionSlot:
+    """One owner's lazily built ONNX session, rebuilt whenever a setting that shapes it changes.
+
+    An encoder keeps one slot (see :func:`lazy_session`). :meth:`get` returns a
+    :class:`LazySession` for the given bytes and settings; the session is keyed by everything
+    that affects it: the SHA-256 of the model bytes, the device (and so the execution
+    providers), the intra-op thread count and the disabled graph optimisers. Another value of
+    any of them (``set_params(intra_op_num_threads=2)``, new bytes after a refit) gives a new
+    session; the same values return the held one without hashing the bytes again. Thread-safe.
+    A slot pickles empty: the session is never in a pickle, and is rebuilt on first use after
+    unpickling (e.g. in a joblib worker).
+
+    Examples
+    --------
+    >>> import pickle
+    >>> from skfusion.runtime._session import SessionSlot
+    >>> slot = SessionSlot()
+    >>> slot.current is None
+    True
+    >>> pickle.loads(pickle.dumps(slot)).current is None
+    True
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key = None
+        self._bytes = None
+        self._lazy = None
+
+    @property
+    def current(self):
+        """The :class:`LazySession` held now, or None."""
+        return self._lazy
+
+    def get(
+        self,
+        model_bytes,
+        *,
+        device="auto",
+        intra_op_num_threads=None,
+        disabled_optimizers=(),
+        expected_sha256=None,
+        owner="this encoder",
+        check=None,
+    ):
+        """The :class:`LazySession` for ``model_bytes`` with these settings.
+
+        Parameters
+        ----------
+        model_bytes : bytes
+            The serialized ONNX model.
+        device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
+            See :func:`resolve_providers`.
+        intra_op_num_threads : int, default=None
+            See :func:`make_session`.
+        disabled_optimizers : sequence of str, default=()
+            See :func:`make_session`.
+        expected_sha256 : str, default=None
+            The SHA-256 recorded when the bytes were fitted. Before a session is built the
+            bytes are hashed and compared with it: a difference raises
+            :class:`ModelBytesMismatchError` naming ``owner``. None skips the check.
+        owner : str, default="this encoder"
+            How error messages name the encoder.
+        check : callable, default=None
+            ``check(lazy)`` is called once on each new :class:`LazySession` (e.g. to check
+            its inputs and outputs); what it raises is raised and nothing is kept.
+
+        Returns
+        -------
+        lazy : LazySession
+            Its ``.session`` builds on first access (shared with other holders of the same
+            bytes object and settings in this process).
+        """
+        device = str(device)
+        threads = None if intra_op_num_threads is None else int(intra_op_num_threads)
+        disabled = tuple(disabled_optimizers)
+        with self._lock:
+            if self._bytes is model_bytes and self._key is not None:
+                digest = self._key[0]
+                key = (digest, resolve_providers(device), device, threads, disabled)
+                if key == self._key:
+                    return self._lazy
+            digest = sha256_hex(model_bytes)
+            if expected_sha256 is not None and digest != expected_sha256:
+                raise ModelBytesMismatchError(
+                    f"{owner}'s ONNX model bytes do not match the SHA-256 recorded at fit "
+                    f"(recorded {expected_sha256[:16]}..., found {digest[:16]}...): the model "
+                    "was altered after fitting. Refit the encoder, or load the model you saved."
+                )
+            key = (digest, resolve_providers(device), device, threads, disabled)
+            lazy = LazySession(model_bytes, device, threads, disabled)
+            if check is not None:
+                check(lazy)
+            self._key, self._bytes, self._lazy = key, model_bytes, lazy
+            return lazy
+
+    def clear(self):
+        """Drop the held session (the next :meth:`get` builds a new one)."""
+        with self._lock:
+            self._key = self._bytes = self._lazy = None
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+    def __deepcopy__(self, memo):
+        return SessionSlot()
+
+    def __repr__(self):
+        return f"SessionSlot({self._lazy!r})"
+
+
+_slot_lock = threading.Lock()
+
+
+def lazy_session(owner, model_bytes, *, attribute="_session_slot", **settings):
+    """The owner's keyed, lazily built ONNX session (see :class:`SessionSlot`).
+
+    The slot lives in ``owner.<attribute>`` (created on first call, thread-safe) and pickles
+    empty, so an estimator needs no ``__getstate__`` for it; :func:`clear_session` drops it
+    (call it in ``fit``).
+
+    Parameters
+    ----------
+    owner : object
+        The encoder that owns the session.
+    model_bytes : bytes
+        The serialized ONNX model.
+    attribute : str, default="_session_slot"
+        Where the slot is kept on ``owner``.
+    **settings
+        ``device``, ``intra_op_num_threads``, ``disabled_optimizers``, ``expected_sha256``,
+        ``check``: see :meth:`SessionSlot.get`.
+
+    Returns
+    -------
+    lazy : LazySession
+        The session holder for these bytes and settings.
+
+    Examples
+    --------
+    >>> from skfusion.runtime._session import lazy_session
+    >>> class Encoder:
+    ...     model_bytes_ = b"not an onnx model"
+    >>> enc = Encoder()
+    >>> lazy = lazy_session(enc, enc.model_bytes_, device="cpu", intra_op_num_threads=1)
+    >>> lazy is lazy_session(enc, enc.model_bytes_, device="cpu", intra_op_num_threads=1)
+    True
+    >>> lazy is lazy_session(enc, enc.model_bytes_, device="cpu", intra_op_num_threads=2)
+    False
+    """
+    slot = owner.__dict__.get(attribute)
+    if slot is None:
+        with _slot_lock:
+            slot = owner.__dict__.get(attribute)
+            if slot is None:
+                slot = owner.__dict__[attribute] = SessionSlot()
+    settings.setdefault("owner", type(owner).__name__)
+    return slot.get(model_bytes, **settings)
+
+
+def clear_session(owner, attribute="_session_slot"):
+    """Drop ``owner``'s session slot (e.g. at the start of ``fit``).
+
+    Parameters
+    ----------
+    owner : object
+        The encoder.
+    attribute : str, default="_session_slot"
+        Where :func:`lazy_session` keeps the slot.
+    """
+    owner.__dict__.pop(attribute, None)

@@ -1,0 +1,197 @@
+"""Progress bars for long work (encoding many rows): a thin, optional layer over tqdm.
+
+A bar is shown when the caller's ``verbose > 0`` or ``skfusion.get_config()["show_progress"]``
+is true (``SKFUSION_SHOW_PROGRESS=1``), unless this code runs in a worker (see
+:func:`in_worker`) or tqdm is not installed. Whether to create a bar at all is decided here:
+tqdm's ``disable=`` is never passed, so a user's ``TQDM_DISABLE=1`` (and the other ``TQDM_*``
+variables tqdm reads) still applies to the bars that are made.
+"""
+
+# SPDX-License-Identifier: BSD-3-Clause
+
+import threading
+from contextlib import contextmanager
+
+__all__ = ["Progress", "in_worker", "progress", "wants_progress"]
+
+# Thread names of the pools that run tasks of a Dask scheduler inside this process (the local
+# threaded scheduler, and a distributed Worker started with processes=False).
+_WORKER_THREAD_PREFIXES = ("Dask-Default-Threads", "Dask-Worker-Threads", "ThreadPoolExecutor-")
+
+
+def in_worker():
+    """Whether this code runs in a parallel worker, where a bar would only add noise.
+
+    True in a child process (``multiprocessing.parent_process()`` is set: joblib's loky
+    workers, ``multiprocessing`` pools, ``concurrent.futures.ProcessPoolExecutor``, Dask's
+    nanny-started worker processes), in a process whose name is one of those workers' (loky,
+    ``ForkPoolWorker``, ``Dask...``: a worker started without a parent link; see
+    :func:`skfusion.runtime._device.in_worker_process`), and in a thread of a pool: Dask's,
+    a ``ThreadPoolExecutor`` (Dask's local scheduler, a fusion estimator encoding modalities
+    in parallel) or a ``multiprocessing.pool.ThreadPool`` (joblib's threading backend): one
+    bar per thread would overwrite each other.
+
+    Returns
+    -------
+    worker : bool
+        True inside a worker.
+
+    Examples
+    --------
+    >>> from skfusion._progress import in_worker
+    >>> in_worker()
+    False
+    """
+    from .runtime._device import in_worker_process
+
+    if in_worker_process():
+        return True
+    name = threading.current_thread().name
+    # multiprocessing.pool.ThreadPool (joblib's threading backend) names its threads
+    # "Thread-N (worker)"
+    return name.startswith(_WORKER_THREAD_PREFIXES) or name.endswith("(worker)")
+
+
+def wants_progress(verbose=0):
+    """Whether a bar is asked for: ``verbose > 0`` or the ``show_progress`` config key.
+
+    Parameters
+    ----------
+    verbose : int or bool, default=0
+        The caller's ``verbose`` parameter.
+
+    Returns
+    -------
+    wanted : bool
+        True when a bar should be shown (before the worker and tqdm checks).
+
+    Examples
+    --------
+    >>> import skfusion
+    >>> from skfusion._progress import wants_progress
+    >>> wants_progress(0), wants_progress(1)
+    (False, True)
+    >>> with skfusion.config_context(show_progress=True):
+    ...     wants_progress(0)
+    True
+    """
+    if verbose and int(verbose) > 0:
+        return True
+    from ._config import get_config
+
+    return bool(get_config().get("show_progress", False))
+
+
+def _tqdm():
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional: no bar
+        return None
+    return tqdm
+
+
+class Progress:
+    """The object :func:`progress` yields: counts rows, drawing a tqdm bar when one is shown.
+
+    The bar is made on the first :meth:`update` (so that work that turns out to need nothing,
+    such as rows all served by the cache, draws nothing). Safe to call from several threads.
+
+    Parameters
+    ----------
+    total : int
+        Rows expected.
+    desc : str
+        Label of the bar.
+    show : bool
+        Whether a bar is drawn.
+
+    Attributes
+    ----------
+    n : int
+        Rows counted so far.
+    shown : bool
+        Whether a bar was drawn.
+    """
+
+    def __init__(self, total, desc, show):
+        self.total = int(total)
+        self.desc = desc
+        self.n = 0
+        self._show = show
+        self._bar = None
+        self.shown = False
+        self._lock = threading.Lock()
+
+    def update(self, n=1):
+        """Count ``n`` more rows done.
+
+        Parameters
+        ----------
+        n : int, default=1
+            Rows just finished.
+        """
+        n = int(n)
+        with self._lock:
+            self.n += n
+            if not self._show:
+                return
+            if self._bar is None:
+                tqdm = _tqdm()
+                if tqdm is None:
+                    self._show = False
+                    return
+                self._bar = tqdm(total=self.total, desc=self.desc, unit="row", leave=True)
+                self.shown = True
+            self._bar.update(n)
+
+    def close(self):
+        """Close the bar; when fewer rows than ``total`` ran (cached ones), it ends at the count."""
+        with self._lock:
+            if self._bar is not None:
+                if self.n < self.total:
+                    self._bar.total = self.n
+                    self._bar.refresh()
+                self._bar.close()
+                self._bar = None
+            self._show = False
+
+
+@contextmanager
+def progress(total, desc=None, verbose=0):
+    """A progress counter for ``total`` rows, with a tqdm bar on stderr when one is wanted.
+
+    A bar is drawn when :func:`wants_progress` says so (``verbose > 0`` or the
+    ``show_progress`` config key), :func:`in_worker` is false and tqdm can be imported; it
+    shows rows done, the rate and the time left. ``TQDM_DISABLE=1`` and the other ``TQDM_*``
+    variables apply as tqdm reads them (no ``disable=`` is passed).
+
+    Parameters
+    ----------
+    total : int
+        Rows expected (an upper bound: rows served by a cache are never counted, and the bar
+        ends at the rows that ran).
+    desc : str, default=None
+        Label of the bar (e.g. the encoder's class name).
+    verbose : int or bool, default=0
+        The caller's ``verbose`` parameter.
+
+    Yields
+    ------
+    counter : Progress
+        Call ``counter.update(n)`` after each batch of ``n`` rows.
+
+    Examples
+    --------
+    >>> from skfusion._progress import progress
+    >>> with progress(3, "rows", verbose=0) as bar:
+    ...     for _ in range(3):
+    ...         bar.update(1)
+    >>> bar.n, bar.shown
+    (3, False)
+    """
+    show = total > 0 and wants_progress(verbose) and not in_worker()
+    counter = Progress(total, desc, show)
+    try:
+        yield counter
+    finally:
+        counter.close()
