@@ -483,6 +483,103 @@ def test_features_do_not_depend_on_batch_threads_or_cache(fsdd, params):
         cache_clear()
 
 
+# ----------------------------------------------------------------------------- long clips
+def _long_test_clip(seconds=12, rate=8000):
+    """A deterministic stereo recording with gliding tones, noise and a stretch of silence."""
+    rng = np.random.default_rng(7)
+    t = np.arange(seconds * rate) / rate
+    left = 0.3 * np.sin(2 * np.pi * (300 + 150 * np.sin(2 * np.pi * 0.3 * t)) * t)
+    left += 0.02 * rng.standard_normal(t.size)
+    left[2 * rate : 3 * rate] = 0.0  # silence: the dB floors (clip-wide peaks) matter here
+    right = 0.5 * left + 0.01 * rng.standard_normal(t.size)
+    return np.stack([left, right]).astype(np.float32), rate
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},  # defaults: 20 MFCC mean/std at 22,050 Hz, resampled from 8 kHz in a stream
+        {
+            "features": ALL_FEATURES, "stats": ["mean", "std", "min", "max", "median", "p10"],
+            "sr": 8000, "n_fft": 512, "hop_length": 128, "n_mels": 40, "n_mfcc": 13,
+            "mfcc_deltas": 2,
+        },
+        {"sr": 16000, "n_fft": 512, "hop_length": 160, "mfcc_deltas": 1, "duration": 9.5},
+        {"sr": 16000, "n_fft": 512, "hop_length": 160, "duration": 14.2, "duration_policy": "pad"},
+        # no streaming resampler but soxr's: resampled whole, featurised in blocks
+        {"sr": 11025, "res_type": "polyphase", "mfcc_deltas": 1},
+    ],
+    ids=["default", "all_features", "crop", "pad", "polyphase"],
+)  # fmt: skip
+def test_long_clip_in_blocks_equals_whole_clip(tmp_path, monkeypatch, params):
+    """Issue 14: a long clip is read, resampled and featurised in blocks (bounded memory),
+    and its features equal the whole-clip computation. The tolerance is
+    ``assert_same_features``' (1e-6 of each feature's scale): the blocked path sums the
+    frame statistics block by block (Chan's merged mean and variance) where the whole path
+    uses numpy's pairwise sums, which differ in the last float64 bits only; everything else
+    (each frame's FFT, filter banks, dB floors at the clip-wide peaks, the deltas' filter on
+    blocks with context, soxr's streaming resampler) is the same arithmetic on the same
+    numbers."""
+    from skfusion.encoders import _audio_features, _audio_io
+
+    stereo, rate = _long_test_clip()
+    path = tmp_path / "long.wav"
+    sf.write(path, stereo.T, rate, subtype="PCM_16")
+    mono = stereo.mean(axis=0)
+    items = [str(path), path.read_bytes(), (mono, rate), None]
+    with skfusion.config_context(cache=False):
+        encoder = AudioEncoder(**params).fit(items)
+        X = encoder.transform(items)  # clips under 2**21 samples: decoded and featurised whole
+        values, mask = encoder.transform_sequence(items[:1])
+        # the long-clip knobs turned down: a 12-s clip is streamed in blocks of 40 frames
+        monkeypatch.setattr(_audio_io, "_LONG_SAMPLES", 4096)
+        monkeypatch.setattr(_audio_io, "_READ_FRAMES", 3001)  # reads straddle the blocks
+        monkeypatch.setattr(_audio_features, "_BLOCK_BINS", 40 * (encoder.n_fft // 2 + 1))
+        seen = []
+        real = _audio_features.long_frame_blocks
+
+        def counting(clip, cfg):
+            blocks = list(real(clip, cfg))
+            seen.append(len(blocks))
+            yield from blocks
+
+        monkeypatch.setattr(_audio_features, "long_frame_blocks", counting)
+        blocked = encoder.transform(items)
+        blocked_values, blocked_mask = encoder.transform_sequence(items[:1])
+    # every present clip took the blocked path (pool_long), in many blocks
+    assert len(seen) == 3 and min(seen) >= 5, seen
+    assert_same_features(blocked, X)
+    np.testing.assert_array_equal(blocked_mask, mask)
+    assert_same_features(blocked_values, values)
+
+
+def test_long_file_errors_name_the_row(tmp_path, monkeypatch):
+    from skfusion.encoders import _audio_io
+
+    monkeypatch.setattr(_audio_io, "_LONG_SAMPLES", 4096)
+    stereo, rate = _long_test_clip(seconds=3)
+    path = tmp_path / "long.wav"
+    sf.write(path, stereo.T, rate, subtype="PCM_16")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])  # the header still declares every frame
+    encoder = AudioEncoder(sr=8000).fit([str(path), str(cut)])
+    with pytest.raises(EncodingError, match=r"row 1.*truncated file"):
+        encoder.transform([str(path), str(cut)])
+    X = encoder.set_params(on_error="missing").transform([str(path), str(cut)])
+    assert np.isfinite(X[0]).all() and np.isnan(X[1]).all()
+
+
+def test_verbose_shows_a_progress_bar(capsys):
+    clips = [np.random.default_rng(i).normal(size=4000).astype(np.float32) for i in range(3)]
+    encoder = AudioEncoder(sr=8000, batch_size=2, verbose=1).fit(clips)
+    encoder.transform(clips + [None])
+    err = capsys.readouterr().err
+    assert "AudioEncoder" in err and "3/3" in err
+    encoder.set_params(verbose=0).transform(clips)
+    assert capsys.readouterr().err == ""
+
+
 # ----------------------------------------------------------------------------- parameters
 @pytest.mark.parametrize(
     "params, message",

