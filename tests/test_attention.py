@@ -232,14 +232,14 @@ def test_numpy_forward_matches_torch(xor_fitted):
     from sklearn.externals.array_api_compat import torch as xp_torch
 
     clf, X_test, _ = xor_fitted
-    features, presence = clf._transform_modalities(X_test)
-    data = clf._network_data(features, presence)
+    encoded = clf._encode(X_test)
+    data = clf._network_data(encoded.blocks, encoded.presence)
     rows = np.arange(50)
     kw = dict(n_heads=clf.n_heads, n_layers=clf.n_layers)
     inputs64, valid64, pres64 = batch_arrays(data, rows, data["present"][rows], dtype=np.float64)
     ref, _ = forward(as_float64(clf._weights), inputs64, valid64, pres64, xp=np, **kw)
     # predict's path is this one: exact, the same 50-row batch through the same code
-    np.testing.assert_array_equal(clf._forward(X_test.iloc[:50])[0], ref)
+    np.testing.assert_array_equal(clf._logits(clf._encode(X_test.iloc[:50]))[0], ref)
     inputs, valid, pres = batch_arrays(data, rows, data["present"][rows])
     to_t = torch.from_numpy
     got, _ = forward(
@@ -337,9 +337,7 @@ def test_fusion_classifier_attention_in_grid_search():
     from skfusion import FusionClassifier
 
     X, y = xor_data(240, seed=4)
-    clf = FusionClassifier(
-        two_modalities(), random_state=0, attention_params=dict(FAST, max_iter=20)
-    )
+    clf = FusionClassifier(two_modalities(), **dict(FAST, random_state=0, max_iter=20))
     search = GridSearchCV(clf, {"fusion": ["early", "attention"]}, cv=2).fit(X, y)
     assert search.best_params_["fusion"] == "attention"
     scores = search.cv_results_["mean_test_score"]
@@ -405,8 +403,7 @@ def test_fusion_regressor_attention_and_sequences_flag_without_sequences():
     reg = FusionRegressor(
         two_modalities(),
         fusion="attention",
-        random_state=0,
-        attention_params=dict(FAST, max_iter=3, use_sequences=True),
+        **dict(FAST, random_state=0, max_iter=3, use_sequences=True),
     )
     pred = reg.fit(X, y).predict(X.iloc[:7])
     assert isinstance(reg.estimator_, AttentionFusionRegressor)

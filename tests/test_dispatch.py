@@ -2,10 +2,12 @@
 
 import subprocess
 import sys
+import warnings
 
 import joblib
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.preprocessing import StandardScaler
@@ -52,12 +54,16 @@ def test_grid_search_over_fusion_type_persists(reviews, tmp_path):
     joblib.dump(best, model_path)
     joblib.dump(X_test, x_path)
     code = (
-        "import joblib, numpy as np;"
+        "import sys, joblib, numpy as np;"
         f"m = joblib.load({str(model_path)!r});"
-        f"np.save({str(out_path)!r}, m.predict_proba(joblib.load({str(x_path)!r})))"
+        f"np.save({str(out_path)!r}, m.predict_proba(joblib.load({str(x_path)!r})));"
+        "print('torch' in sys.modules)"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True)
     np.testing.assert_array_equal(np.load(out_path), expected)
+    # the persisted ONNX-backed model scored without importing torch
+    assert out.stdout.strip() == "False", out.stdout
 
 
 def test_fusion_parameter_switches_the_underlying_estimator(reviews):
@@ -82,3 +88,79 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == ""
+
+
+def _strategy_params():
+    from skfusion import AttentionFusionClassifier, EarlyFusion, LateFusionClassifier
+
+    return {
+        "early": set(EarlyFusion._get_param_names()) - {"modalities"},
+        "late": set(LateFusionClassifier._get_param_names()) - {"modalities"},
+        "attention": set(AttentionFusionClassifier._get_param_names()) - {"modalities"},
+    }
+
+
+@pytest.mark.parametrize("fusion", ["early", "late", "attention"])
+def test_every_strategy_parameter_is_forwarded(fusion):
+    """Each strategy's parameters are the dispatcher's, and reach the inner estimator."""
+    from sklearn.base import clone
+
+    params = _strategy_params()[fusion]
+    assert params <= set(FusionClassifier._get_param_names())
+    spec = modalities()[1:]
+    # a non-default value for every parameter of this strategy
+    values = {
+        "weights": {"tab": 2.0}, "scaling": "block", "presence_flags": "always",
+        "estimator": LogisticRegression(C=0.5),
+        "modality_estimators": {"tab": LogisticRegression(C=3.0)},
+        "final_estimator": LogisticRegression(C=2.0), "cv": 4, "stack_method": "predict",
+        "passthrough": True, "d_model": 16, "n_heads": 8, "n_layers": 2, "n_tokens": 3,
+        "dim_feedforward": 7, "dropout": 0.2, "modality_dropout": 0.3,
+        "use_sequences": ["tab"], "max_iter": 3, "batch_size": 11,
+        "learning_rate_init": 0.05, "alpha": 0.1, "early_stopping": True,
+        "validation_fraction": 0.2, "n_iter_no_change": 4, "tol": 0.5, "random_state": 3,
+        "device": "cpu", "n_jobs": 2, "verbose": 1,
+    }
+    clf = FusionClassifier(spec, fusion=fusion, **{p: values[p] for p in params})
+    inner = clf._make_estimator()
+    inner = inner[0] if fusion == "early" else inner
+    got = inner.get_params(deep=False)
+    for p in params - {"estimator"}:
+        assert got[p] is values[p] or got[p] == values[p], p
+    # get_params / set_params round-trip, and clone keeps everything
+    again = FusionClassifier(spec).set_params(**clf.get_params(deep=False))
+    assert again.get_params(deep=False) == clf.get_params(deep=False)
+    assert clone(clf).get_params(deep=False).keys() == clf.get_params(deep=False).keys()
+
+
+def test_grid_mixing_strategies_with_their_own_parameters(reviews):
+    X_train, y_train, _, _ = reviews
+    spec = modalities()[1:] + [("fb", StandardScaler(), ["Positive Feedback Count"])]
+    grid = [
+        {"fusion": ["early"], "scaling": [None, "block"]},
+        {
+            "fusion": ["late"],
+            "final_estimator": [LogisticRegression(C=0.1), LogisticRegression(C=10.0)],
+        },
+        {"fusion": ["attention"], "d_model": [8], "max_iter": [2], "random_state": [0]},
+    ]
+    search = GridSearchCV(FusionClassifier(spec, cv=3), grid, cv=2).fit(X_train, y_train)
+    params = search.cv_results_["params"]
+    assert [p["fusion"] for p in params] == ["early", "early", "late", "late", "attention"]
+    best = search.best_estimator_
+    assert best.fusion_ == best.fusion
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+def test_user_guide_grid_example_runs():
+    """The worked example of docs/user_guide.rst (mixed-strategy grid), run as a doctest."""
+    import doctest
+    import pathlib
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "user_guide.rst").read_text()
+    test = doctest.DocTestParser().get_doctest(text, {}, "user_guide", "user_guide.rst", 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the short attention runs
+        runner.run(test)
+    assert runner.tries >= 10 and runner.failures == 0

@@ -174,7 +174,7 @@ def test_all_four_modalities_go_through_skops(mixed_data, mixed_modalities, fusi
     # TextEncoder, AudioEncoder, ImageEncoder (built-in MobileNetV2) and a tabular scaler,
     # fitted and scored (their ONNX sessions live), saved, loaded with the default trust
     X, y = mixed_data
-    params = {"attention_params": {"max_iter": 5}} if fusion == "attention" else {"cv": 3}
+    params = {"max_iter": 5} if fusion == "attention" else {"cv": 3}
     model = FusionClassifier(mixed_modalities(), fusion=fusion, random_state=0, **params)
     model.fit(X, y)
     with skfusion.config_context(cache=False):  # recompute, do not read the cache

@@ -9,13 +9,12 @@ forward pass, so scoring a persisted model never imports torch.
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context, clone
+from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._attention_net import (
@@ -25,14 +24,7 @@ from ._attention_net import (
     init_params,
     modality_attention,
 )
-from ._base import (
-    _BaseFusion,
-    _fit_transform_one,
-    _take_y,
-    _transform_one,
-    encoded_presence,
-    scatter_rows,
-)
+from ._base import _BaseFusion, _fit_encode_one
 
 __all__ = ["AttentionFusionClassifier", "AttentionFusionRegressor"]
 
@@ -43,42 +35,10 @@ def _dense(block):
     return block.toarray() if hasattr(block, "toarray") else block
 
 
-def _fit_encode(trans, Xm, y, name, sequence):
-    """Fit a modality transformer on its present rows; pooled features or a token sequence."""
-    if not sequence:
-        trans, block = _fit_transform_one(trans, Xm, y, name)
-        return trans, _dense(block)
-    trans = trans.fit(Xm, y) if y is not None else trans.fit(Xm)
-    return trans, _sequence(trans, Xm)
-
-
-def _encode(trans, Xm, name, sequence):
-    if not sequence:
-        block = _transform_one(trans, Xm, name)
-        return None if block is None else _dense(block)
-    if Xm.shape[0] == 0:
-        return None
-    return _sequence(trans, Xm)
-
-
-def _sequence(trans, Xm):
-    values, mask = trans.transform_sequence(Xm)
-    return np.asarray(values, dtype=np.float32), np.asarray(mask, dtype=bool)
-
-
-def _scatter_sequence(seq, present, width):
-    """Place the present rows' sequences into (n, T, d) zeros and an all-False mask elsewhere."""
-    n = present.shape[0]
-    if seq is None:
-        return np.zeros((n, 1, width), dtype=np.float32), np.zeros((n, 1), dtype=bool)
-    values, mask = seq
-    if present.all():
-        return values, mask
-    full = np.zeros((n,) + values.shape[1:], dtype=np.float32)
-    full_mask = np.zeros((n, values.shape[1]), dtype=bool)
-    full[present] = values
-    full_mask[present] = mask
-    return full, full_mask
+def _fit_encode_dense(mod, trans, Xm, y, present, params, *, sequence):
+    """Fit one modality's transformer; pooled features (dense) or a token sequence."""
+    trans, out = _fit_encode_one(mod, trans, Xm, y, present, params, sequence=sequence)
+    return trans, (out if sequence else _dense(out)), sequence
 
 
 class _BaseAttentionFusion(_BaseFusion):
@@ -188,66 +148,16 @@ class _BaseAttentionFusion(_BaseFusion):
         return [m.name in wanted for m in self._modalities]
 
     def _fit_modalities(self, X, y):
-        inputs = self._modality_inputs(X)
-        flags = self._sequence_flags()
-        n = X.shape[0]
-        jobs, active = [], []
-        for mod, (Xm, present), seq in zip(self._modalities, inputs, flags):
-            if Xm is None:
-                continue
-            if not present.any():
-                raise ValueError(
-                    f"Modality {mod.name!r} is missing (None/NaN/empty) in every one of the {n} "
-                    "rows passed to fit; there is nothing to learn from."
-                )
-            trans = mod.transformer if isinstance(mod.transformer, str) else clone(mod.transformer)
-            fit_encode = self._in_rows(_fit_encode, X, mod)
-            jobs.append(delayed(fit_encode)(trans, Xm, _take_y(y, present), mod.name, seq))
-            active.append((mod, present, seq))
-        results = Parallel(n_jobs=self.n_jobs)(jobs)
-        self.transformers_, self._sequence, self._widths = [], [], []
-        features, presence = [], []
-        for (mod, present, seq), (trans, out) in zip(active, results):
-            self.transformers_.append((mod.name, trans, mod.columns))
-            self._sequence.append(seq)
-            self._widths.append(out[0].shape[-1] if seq else out.shape[1])
-            features.append(self._scatter(out, present, seq, self._widths[-1]))
-            presence.append(encoded_presence(out, present))
-        self.modality_names_ = np.asarray([name for name, _, _ in self.transformers_], dtype=object)
-        return features, np.column_stack(presence)
-
-    @staticmethod
-    def _scatter(out, present, seq, width):
-        if seq:
-            return _scatter_sequence(out, present, width)
-        return scatter_rows(out, present, width)
-
-    def _transform_modalities(self, X):
-        inputs = {
-            mod.name: inp
-            for mod, inp in zip(self._modalities, self._modality_inputs(X))
-            if inp[0] is not None
-        }
-        mods = {mod.name: mod for mod in self._modalities}
-        jobs = [
-            delayed(self._in_rows(_encode, X, mods[name]))(trans, inputs[name][0], name, seq)
-            for (name, trans, _), seq in zip(self.transformers_, self._sequence)
-        ]
-        results = Parallel(n_jobs=self.n_jobs)(jobs)
-        features, presence = [], []
-        for (name, _, _), seq, width, out in zip(
-            self.transformers_, self._sequence, self._widths, results
-        ):
-            present = inputs[name][1]
-            got = None if out is None else (out[0].shape[-1] if seq else out.shape[1])
-            if got is not None and got != width:
-                raise ValueError(
-                    f"Modality {name!r}: transformer returned {got} features, but {width} at "
-                    "fit time."
-                )
-            features.append(self._scatter(out, present, seq, width))
-            presence.append(encoded_presence(out, present))
-        return features, np.column_stack(presence)
+        flags = dict(zip([m.name for m in self._modalities], self._sequence_flags()))
+        fitted = self._fit_each(
+            X, y, _fit_encode_dense, extra={name: {"sequence": f} for name, f in flags.items()}
+        )
+        self._encoders, encoded = self._encoded_from_fit(fitted)
+        self.transformers_ = [(e.name, e.transformer, e.mod.columns) for e in self._encoders]
+        self._sequence = [e.sequence for e in self._encoders]
+        self._widths = [e.width for e in self._encoders]
+        self.modality_names_ = np.asarray([e.name for e in self._encoders], dtype=object)
+        return encoded.blocks, encoded.presence
 
     # --- standardisation and network inputs ---
     def _fit_scaling(self, features, presence):
@@ -267,7 +177,7 @@ class _BaseAttentionFusion(_BaseFusion):
         inputs, valid = [], []
         presence = presence.copy()
         for j, (feat, seq) in enumerate(zip(features, self._sequence)):
-            values, tok_valid = (feat[0], feat[1]) if seq else (feat, None)
+            values, tok_valid = (feat[0], feat[1]) if seq else (_dense(feat), None)
             z = np.array(values, dtype=np.float32)  # one copy, standardised in place
             with np.errstate(all="ignore"):
                 z -= self._means[j]
@@ -337,7 +247,7 @@ class _BaseAttentionFusion(_BaseFusion):
         train_rows, val_rows = self._split(target, rng)
 
         # torch is imported by these, at fit time only
-        from ..encoders._text import resolve_device
+        from ..runtime._device import resolve_device
         from ._attention_train import _Trainer
 
         trainer = _Trainer(self, self._task, resolve_device(self.device), rng)
@@ -369,13 +279,10 @@ class _BaseAttentionFusion(_BaseFusion):
         return np.sort(train), np.sort(val)
 
     # --- numpy inference ---
-    def _forward(self, X, keep_attention=False):
+    def _logits(self, encoded, keep_attention=False):
         """Logits (n, n_out) by the numpy forward pass, in batches; optionally attention."""
-        check_is_fitted(self)
-        X = self._check_X(X, reset=False)
-        features, presence = self._transform_modalities(X)
-        data = self._network_data(features, presence)
-        n = presence.shape[0]
+        data = self._network_data(encoded.blocks, encoded.presence)
+        n = encoded.n_samples
         # float64 inference: a row's output must not depend on the rows batched with it
         # (sklearn's subset and sample-order invariance); see as_float64.
         params = as_float64(self._weights)
@@ -399,6 +306,22 @@ class _BaseAttentionFusion(_BaseFusion):
         logits = np.concatenate(logits, axis=0)
         return logits, (np.concatenate(weights, axis=0) if keep_attention else None)
 
+    def _predict_encoded(self, encoded, method="predict"):
+        """What ``getattr(self, method)(X)`` gives, from ``encoded = self._encode(X)``."""
+        check_is_fitted(self)
+        self._check_encoded(encoded, self._methods, method)
+        return self._from_logits(self._logits(encoded)[0], method)
+
+    def _sk_visual_block_(self):
+        from sklearn.utils._repr_html.estimator import _VisualBlock
+
+        network = _VisualBlock(
+            "single", f"cross-modal attention (d_model={self.d_model}, "
+            f"n_layers={self.n_layers}, n_heads={self.n_heads})",
+            names="network", name_details=f"d_model={self.d_model}",
+        )
+        return _VisualBlock("serial", (self._visual_modalities(), network), dash_wrapped=False)
+
     def attention_weights(self, X):
         """How much each modality attended to each modality, per row.
 
@@ -421,7 +344,7 @@ class _BaseAttentionFusion(_BaseFusion):
             The attention shares; ``n_modalities`` counts the modalities that are not
             ``"drop"``.
         """
-        return self._forward(X, keep_attention=True)[1]
+        return self._logits(self._encode(X), keep_attention=True)[1]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -606,6 +529,15 @@ class AttentionFusionClassifier(ClassifierMixin, _BaseAttentionFusion):
             )
         return self._label_encoder.transform(y).astype(np.int64)
 
+    _methods = {"predict", "predict_proba"}
+
+    def _from_logits(self, logits, method):
+        if method == "predict":
+            return self.classes_[np.argmax(logits, axis=1)]
+        logits = logits - logits.max(axis=1, keepdims=True)
+        proba = np.exp(logits)
+        return proba / proba.sum(axis=1, keepdims=True)
+
     def predict_proba(self, X):
         """Class probabilities, computed in numpy.
 
@@ -619,10 +551,7 @@ class AttentionFusionClassifier(ClassifierMixin, _BaseAttentionFusion):
         proba : ndarray of shape (n_samples, n_classes)
             Probability of each class, in the order of ``classes_``.
         """
-        logits, _ = self._forward(X)
-        logits -= logits.max(axis=1, keepdims=True)
-        proba = np.exp(logits)
-        return proba / proba.sum(axis=1, keepdims=True)
+        return self._predict_encoded(self._encode(X), "predict_proba")
 
     def predict(self, X):
         """Most probable class of each row.
@@ -637,8 +566,7 @@ class AttentionFusionClassifier(ClassifierMixin, _BaseAttentionFusion):
         y_pred : ndarray of shape (n_samples,)
             Predicted class labels.
         """
-        logits, _ = self._forward(X)
-        return self.classes_[np.argmax(logits, axis=1)]
+        return self._predict_encoded(self._encode(X), "predict")
 
 
 class AttentionFusionRegressor(RegressorMixin, _BaseAttentionFusion):
@@ -689,6 +617,11 @@ class AttentionFusionRegressor(RegressorMixin, _BaseAttentionFusion):
         self._y_scale = std if std > 1e-12 else 1.0
         return ((y - self._y_mean) / self._y_scale).astype(np.float32)
 
+    _methods = {"predict"}
+
+    def _from_logits(self, logits, method):
+        return logits[:, 0] * self._y_scale + self._y_mean
+
     def predict(self, X):
         """Predicted targets, computed in numpy.
 
@@ -702,5 +635,4 @@ class AttentionFusionRegressor(RegressorMixin, _BaseAttentionFusion):
         y_pred : ndarray of shape (n_samples,)
             Predicted targets.
         """
-        logits, _ = self._forward(X)
-        return logits[:, 0] * self._y_scale + self._y_mean
+        return self._predict_encoded(self._encode(X), "predict")

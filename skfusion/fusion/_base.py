@@ -193,8 +193,12 @@ class _BaseFusion(_BaseComposition):
                     f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is "
                     "required."
                 )
-            if not reset and getattr(self, "feature_names_in_", None) is not None:
+            names_in = None if reset else getattr(self, "feature_names_in_", None)
+            if names_in is not None:
+                # Columns by name, as ColumnTransformer: extra and reordered columns are fine.
                 self._check_columns_present(X)
+                if not np.array_equal(np.asarray(X.columns, dtype=object), names_in):
+                    X = X.reindex(columns=names_in)
             X = validate_data(self, X, reset=reset, skip_check_array=True)
             return X
         return validate_data(
@@ -213,8 +217,8 @@ class _BaseFusion(_BaseComposition):
         return y
 
     def _check_columns_present(self, X):
-        cols = set(map(str, X.columns))
-        for mod in self._modalities:
+        cols = set(X.columns)
+        for mod in self._active_modalities():
             missing = [c for c in (mod.names or []) if c not in cols]
             if missing:
                 raise ValueError(
@@ -322,24 +326,149 @@ class _BaseFusion(_BaseComposition):
             return Xm.iloc[rows]
         return Xm[rows]
 
-    def _modality_inputs(self, X):
-        """Per modality: (input restricted to present rows, presence mask)."""
-        out = []
-        for mod in self._modalities:
-            if isinstance(mod.transformer, str) and mod.transformer == "drop":
-                out.append((None, None))
-                continue
-            Xm = self._select(X, mod)
-            present = self._presence(Xm, mod.is_1d)
-            rows = np.flatnonzero(present)
-            Xm = self._take(Xm, rows)
-            if mod.is_1d and _names_rows(mod.transformer):
-                # A Series indexed by row position in X: whatever subset of it an encoder ends
-                # up with (rows the cache has not seen, a CV fold), its EncodingError carries
-                # the position in X as the label, and `fusion_rows` names the user's row.
-                Xm = pd.Series(Xm, index=rows, copy=False)
-            out.append((Xm, present))
-        return out
+    def _modality_rows(self, X, mod):
+        """A modality's input restricted to its present rows, and the presence mask."""
+        Xm = self._select(X, mod)
+        present = self._presence(Xm, mod.is_1d)
+        rows = np.flatnonzero(present)
+        Xm = self._take(Xm, rows)
+        if mod.is_1d and _names_rows(mod.transformer):
+            # A Series indexed by row position in X: whatever subset of it an encoder ends
+            # up with (rows the cache has not seen, a CV fold), its EncodingError carries
+            # the position in X as the label, and `fusion_rows` names the user's row.
+            Xm = pd.Series(Xm, index=rows, copy=False)
+        return Xm, present
+
+    def _active_modalities(self):
+        return [
+            m for m in self._modalities if not (isinstance(m.transformer, str)
+                                                and m.transformer == "drop")
+        ]
+
+    def _fit_each(self, X, y, func, *, params=None, extra=None, prefit=False):
+        """The per-modality loop of every fusion estimator's ``fit``.
+
+        For each modality that is not ``"drop"``: select its columns, find its present rows,
+        clone its transformer (unless ``prefit``), restrict ``y`` and the row-aligned
+        ``params[name]`` to those rows, and run
+        ``func(mod, transformer, X_present, y_present, present, params, **extra[name])`` with
+        joblib (``n_jobs`` modalities at a time, threads preferred: the encoders release the
+        GIL). An EncodingError names the user's row. Returns ``[(mod, present, result)]``.
+        """
+        params, extra = params or {}, extra or {}
+        active = self._active_modalities()
+        jobs, masks = [], []
+        n = X.shape[0]
+        for i, mod in enumerate(active):
+            Xm, present = self._modality_rows(X, mod)
+            if not present.any():
+                raise ValueError(
+                    f"Modality {mod.name!r} is missing (None/NaN/empty) in every one of the {n} "
+                    "rows passed to fit; there is nothing to learn from."
+                )
+            trans = mod.transformer
+            if not (prefit or isinstance(trans, str)):
+                trans = clone(trans)
+            y_m = None if y is None else _take_y(y, present)
+            p_m = {k: take_rows(v, present) for k, v in params.get(mod.name, {}).items()}
+            work = self._in_rows(func, X, mod)
+            work = _timed(work, self, f"({i + 1} of {len(active)}) fitting {mod.name} on "
+                                      f"{int(present.sum())} rows")
+            jobs.append(delayed(work)(mod, trans, Xm, y_m, present, p_m,
+                                      **extra.get(mod.name, {})))
+            masks.append(present)
+        with _progress_context(getattr(self, "verbose", 0)):
+            results = Parallel(n_jobs=getattr(self, "n_jobs", None), prefer="threads")(jobs)
+        return list(zip(active, masks, results))
+
+    def _encode(self, X):
+        """Validate X like ``predict`` and run every fitted modality transformer once.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            Raw input with the columns used during fit.
+
+        Returns
+        -------
+        encoded : EncodedModalities
+            The encoded rows of every fitted modality and their presence.
+        """
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        return self._encode_checked(X)
+
+    def _encode_checked(self, X):
+        encoders = self._encoders
+        jobs, masks = [], []
+        for i, enc in enumerate(encoders):
+            Xm, present = self._modality_rows(X, enc.mod)
+            work = self._in_rows(_encode_one, X, enc.mod)
+            work = _timed(work, self, f"({i + 1} of {len(encoders)}) encoding {enc.name} on "
+                                      f"{int(present.sum())} rows")
+            jobs.append(delayed(work)(enc.transformer, Xm, enc.name, enc.sequence))
+            masks.append(present)
+        with _progress_context(getattr(self, "verbose", 0)):
+            outs = Parallel(n_jobs=getattr(self, "n_jobs", None), prefer="threads")(jobs)
+        blocks = []
+        presence = np.ones((X.shape[0], len(encoders)), dtype=bool)
+        for j, (enc, present, out) in enumerate(zip(encoders, masks, outs)):
+            got = _block_width(out, enc.sequence)
+            if got is not None and got != enc.width:
+                raise ValueError(
+                    f"Modality {enc.name!r}: transformer returned {got} features, but "
+                    f"{enc.width} at fit time."
+                )
+            presence[:, j] = encoded_presence(out, present)
+            blocks.append(_scatter_block(out, present, enc.width, enc.sequence))
+        return EncodedModalities([e.name for e in encoders], blocks, presence)
+
+    @staticmethod
+    def _encoded_from_fit(fitted):
+        """``(encoders, EncodedModalities)`` from ``_fit_each`` results ``(trans, out, seq)``."""
+        encoders, blocks, presence = [], [], []
+        for mod, present, (trans, out, seq) in fitted:
+            width = _block_width(out, seq)
+            encoders.append(_Encoder(mod, trans, width, seq))
+            presence.append(encoded_presence(out, present))
+            blocks.append(_scatter_block(out, present, width, seq))
+        return encoders, EncodedModalities(
+            [e.name for e in encoders], blocks, np.column_stack(presence)
+        )
+
+    def _check_encoded(self, encoded, methods, method):
+        if method not in methods:
+            raise ValueError(
+                f"{type(self).__name__} supports method in {sorted(methods)!r}; got {method!r}."
+            )
+        names = tuple(e.name for e in self._encoders)
+        if not isinstance(encoded, EncodedModalities) or encoded.names != names:
+            raise ValueError(
+                f"encoded must be an EncodedModalities of the modalities {list(names)!r}, as "
+                "returned by this estimator's _encode."
+            )
+
+    def _visual_modalities(self, heads=None):
+        """``_VisualBlock`` of the modalities side by side (name, columns, transformer)."""
+        from sklearn.utils._repr_html.estimator import _VisualBlock
+
+        if hasattr(self, "_encoders"):
+            items = [(e.name, e.transformer, e.mod.columns) for e in self._encoders]
+        else:
+            try:
+                items = [(n, t, c) for n, t, c in self.modalities]
+            except (TypeError, ValueError):
+                items = []
+        if not items:
+            return _VisualBlock("single", self, names=type(self).__name__)
+        if heads is not None:
+            items = [(n, heads(n, t), c) for n, t, c in items]
+        names, transformers, columns = zip(*items)
+        details = [_columns_text(c) for c in columns]
+        return _VisualBlock("parallel", list(transformers), names=list(names),
+                            name_details=details)
 
     def _rows_named(self, X, mod):
         """Context naming an EncodingError of modality ``mod`` by its row in X."""
@@ -360,6 +489,43 @@ def _names_rows(transformer):
 
 def _modality_text(name, columns):
     return f"modality {name!r} (column {columns!r})"
+
+
+def _columns_text(columns):
+    if callable(columns):
+        return getattr(columns, "__name__", repr(columns))
+    if isinstance(columns, np.ndarray):
+        columns = columns.tolist()
+    return repr(columns)
+
+
+def _timed(func, est, message):
+    """``func`` wrapped to print ``message`` and its duration when ``est.verbose > 0``."""
+    if not getattr(est, "verbose", 0):
+        return func
+    return functools.partial(_call_timed, func, type(est).__name__, message)
+
+
+def _call_timed(func, source, message, *args, **kwargs):
+    from sklearn.utils._user_interface import _print_elapsed_time
+
+    with _print_elapsed_time(source, message):
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def _progress_context(verbose):
+    """With ``verbose > 0``, the encoders inside show their progress bars."""
+    if not verbose:
+        yield
+        return
+    from .. import _config
+
+    if "show_progress" not in _config.get_config() or _config.get_config()["show_progress"]:
+        yield
+        return
+    with _config.config_context(show_progress=True):
+        yield
 
 
 def _call_in_rows(func, index, modality, *args, **kwargs):
@@ -422,36 +588,6 @@ def _passthrough(Xm, name):
         ) from exc
 
 
-def _fit_transform_one(transformer, Xm, y, name):
-    """Clone-free helper run in a worker: fit on the present rows and transform them."""
-    if isinstance(transformer, str):  # passthrough
-        return transformer, _passthrough(Xm, name)
-    if hasattr(transformer, "_skfusion_fingerprint"):  # rows through the embedding cache
-        transformer.fit(Xm, y)
-        return transformer, _as_2d_output(cached_transform(transformer, Xm), name)
-    if y is not None:
-        Xt = (
-            transformer.fit_transform(Xm, y)
-            if hasattr(transformer, "fit_transform")
-            else (transformer.fit(Xm, y).transform(Xm))
-        )
-    else:
-        Xt = (
-            transformer.fit_transform(Xm)
-            if hasattr(transformer, "fit_transform")
-            else (transformer.fit(Xm).transform(Xm))
-        )
-    return transformer, _as_2d_output(Xt, name)
-
-
-def _transform_one(transformer, Xm, name):
-    if isinstance(transformer, str):
-        return _passthrough(Xm, name)
-    if Xm.shape[0] == 0:
-        return None
-    return _as_2d_output(cached_transform(transformer, Xm), name)
-
-
 def encoded_presence(block, present):
     """``present`` less the rows that the transformer returned as all-NaN.
 
@@ -492,67 +628,238 @@ def scatter_rows(block, present, n_features=None):
     return out
 
 
-def fit_transform_modalities(fusion, X, y=None, *, n_jobs=None):
-    """Fit a clone of each modality transformer on its present rows; return fitted + outputs.
+# --- the per-modality engine ------------------------------------------------------------------
 
-    Returns
-    -------
-    fitted : list of (name, fitted transformer or str, columns)
-    blocks : list of (n_samples, d) arrays/sparse matrices (absent rows NaN) or None for drop
-    presence : (n_samples, n_modalities) bool array
+
+class EncodedModalities:
+    """Every fitted modality's encoded rows for one ``X``, with their presence mask.
+
+    What :meth:`_BaseFusion._encode` returns and every fusion estimator's ``_predict_encoded``
+    takes: the output of the per-modality transformers, before the strategy's own head, so
+    that the head can be rerun on modified encodings (a modality dropped, a modality's rows
+    permuted) without encoding again. Objects are never modified: :meth:`take`,
+    :meth:`permute` and :meth:`drop` return new ones (sharing unchanged blocks).
+
+    Parameters
+    ----------
+    names : sequence of str
+        The fitted modality names, in order (``"drop"`` modalities excluded).
+    blocks : list
+        Per modality, its encoded rows for all ``n_samples`` rows: an ndarray or sparse matrix
+        of shape (n_samples, d), or a ``(values, mask)`` pair of token sequences. Rows where
+        the modality is absent hold filler (NaN, zeros or an all-False mask).
+    presence : ndarray of shape (n_samples, n_modalities), dtype bool
+        Whether each modality is present in each row.
+
+    Attributes
+    ----------
+    n_samples : int
+        Number of rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfusion.fusion._base import EncodedModalities
+    >>> enc = EncodedModalities(["a", "b"], [np.eye(3), np.ones((3, 2))], np.ones((3, 2), bool))
+    >>> enc.drop("b").presence[:, 1].tolist()
+    [False, False, False]
+    >>> enc.permute("a", [2, 0, 1]).blocks[0][0].tolist()
+    [0.0, 0.0, 1.0]
+    >>> enc.take([0, 2]).n_samples
+    2
     """
-    inputs = fusion._modality_inputs(X)
-    n = X.shape[0]
-    jobs = []
-    for mod, (Xm, present) in zip(fusion._modalities, inputs):
-        if Xm is None:
-            continue
-        if not present.any():
+
+    def __init__(self, names, blocks, presence):
+        self.names = tuple(names)
+        self.blocks = list(blocks)
+        self.presence = np.asarray(presence, dtype=bool)
+        if len(self.blocks) != len(self.names) or self.presence.shape[1:] != (len(self.names),):
             raise ValueError(
-                f"Modality {mod.name!r} is missing (None/NaN/empty) in every one of the {n} rows "
-                "passed to fit; there is nothing to learn from."
+                f"EncodedModalities: {len(self.names)} names, {len(self.blocks)} blocks and a "
+                f"presence mask of shape {self.presence.shape} do not match."
             )
-        trans = mod.transformer if isinstance(mod.transformer, str) else clone(mod.transformer)
-        y_m = None if y is None else _take_y(y, present)
-        jobs.append(delayed(fusion._in_rows(_fit_transform_one, X, mod))(trans, Xm, y_m, mod.name))
-    results = iter(Parallel(n_jobs=n_jobs)(jobs))
-    fitted, blocks, presence = [], [], np.ones((n, len(fusion._modalities)), dtype=bool)
-    for j, (mod, (Xm, present)) in enumerate(zip(fusion._modalities, inputs)):
-        if Xm is None:
-            fitted.append((mod.name, "drop", mod.columns))
-            blocks.append(None)
-            continue
-        trans, block = next(results)
-        presence[:, j] = encoded_presence(block, present)
-        fitted.append((mod.name, trans, mod.columns))
-        blocks.append(scatter_rows(block, present))
-    return fitted, blocks, presence
+        self.n_samples = self.presence.shape[0]
+
+    def __repr__(self):
+        return f"EncodedModalities(names={self.names!r}, n_samples={self.n_samples})"
+
+    def _index(self, name):
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(
+                f"No modality {name!r}; the encoded modalities are {list(self.names)!r}."
+            ) from None
+
+    def take(self, rows):
+        """Select (or reorder, or repeat) rows of every modality.
+
+        Parameters
+        ----------
+        rows : array-like of int or bool
+            Row positions, or a boolean mask of length ``n_samples``.
+
+        Returns
+        -------
+        encoded : EncodedModalities
+            A new object with those rows.
+        """
+        rows = _as_rows(rows, self.n_samples)
+        return EncodedModalities(
+            self.names, [_take_block(b, rows) for b in self.blocks], self.presence[rows]
+        )
+
+    def permute(self, name, perm):
+        """Reorder one modality's rows (its block and its presence column together).
+
+        Parameters
+        ----------
+        name : str
+            The modality.
+        perm : array-like of int of shape (n_samples,)
+            Row ``i`` of the result holds that modality's row ``perm[i]``.
+
+        Returns
+        -------
+        encoded : EncodedModalities
+            A new object; the other modalities are unchanged.
+        """
+        j = self._index(name)
+        perm = _as_rows(perm, self.n_samples)
+        if perm.shape[0] != self.n_samples:
+            raise ValueError(
+                f"perm has {perm.shape[0]} entries, but there are {self.n_samples} rows."
+            )
+        blocks = list(self.blocks)
+        blocks[j] = _take_block(blocks[j], perm)
+        presence = self.presence.copy()
+        presence[:, j] = self.presence[perm, j]
+        return EncodedModalities(self.names, blocks, presence)
+
+    def drop(self, name):
+        """Make one modality absent in every row.
+
+        The estimator then takes its own missing-modality path, exactly as if that modality's
+        column(s) were None in every row.
+
+        Parameters
+        ----------
+        name : str
+            The modality.
+
+        Returns
+        -------
+        encoded : EncodedModalities
+            A new object.
+        """
+        j = self._index(name)
+        presence = self.presence.copy()
+        presence[:, j] = False
+        return EncodedModalities(self.names, self.blocks, presence)
 
 
-def transform_modalities(fusion, X, fitted, widths, *, n_jobs=None):
-    """Transform X with fitted modality transformers (present rows only); absent rows NaN."""
-    inputs = fusion._modality_inputs(X)
-    jobs, slots = [], []
-    for j, ((name, trans, _), (Xm, present)) in enumerate(zip(fitted, inputs)):
-        if Xm is None:
-            continue
-        transform_one = fusion._in_rows(_transform_one, X, fusion._modalities[j])
-        jobs.append(delayed(transform_one)(trans, Xm, name))
-        slots.append(j)
-    results = Parallel(n_jobs=n_jobs)(jobs)
-    n = X.shape[0]
-    blocks = [None] * len(fitted)
-    presence = np.ones((n, len(fitted)), dtype=bool)
-    for j, block in zip(slots, results):
-        present = inputs[j][1]
-        presence[:, j] = encoded_presence(block, present)
-        if block is not None and block.shape[1] != widths[j]:
-            raise ValueError(
-                f"Modality {fitted[j][0]!r}: transformer returned {block.shape[1]} features, "
-                f"but {widths[j]} at fit time."
-            )
-        blocks[j] = scatter_rows(block, present, widths[j])
-    return blocks, presence
+def _as_rows(rows, n):
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        if rows.shape != (n,):
+            raise ValueError(f"A boolean row mask needs {n} entries; got shape {rows.shape}.")
+        return np.flatnonzero(rows)
+    return rows.astype(np.intp, copy=False)
+
+
+def _take_block(block, rows):
+    if isinstance(block, tuple):
+        return tuple(np.asarray(part)[rows] for part in block)
+    return block[rows]
+
+
+@dataclass
+class _Encoder:
+    """A fitted modality of the engine: what ``_encode`` runs on its present rows."""
+
+    mod: _Modality
+    transformer: object  # fitted transformer or "passthrough"
+    width: int
+    sequence: bool = False
+
+    @property
+    def name(self):
+        return self.mod.name
+
+
+def take_rows(value, mask):
+    """Row-aligned metadata (``sample_weight``, ...) restricted to ``mask``; others as is."""
+    if value is None or np.isscalar(value) or isinstance(value, (dict, str)):
+        return value
+    try:
+        n = len(value)
+    except TypeError:
+        return value
+    if n != mask.shape[0]:
+        return value
+    rows = np.flatnonzero(mask) if mask.dtype == bool else mask
+    if hasattr(value, "iloc"):
+        return value.iloc[rows]
+    if sparse.issparse(value):
+        return value[rows]
+    return np.asarray(value)[rows]
+
+
+def _fit_encode_one(mod, trans, Xm, y, present, params, *, sequence=False):
+    """Fit one modality's transformer on its present rows; return it and their encoding."""
+    if sequence:
+        trans = trans.fit(Xm, y, **params) if y is not None else trans.fit(Xm, **params)
+        return trans, _sequence_of(trans, Xm)
+    if isinstance(trans, str):  # passthrough
+        return trans, _passthrough(Xm, mod.name)
+    if hasattr(trans, "_skfusion_fingerprint"):  # rows through the embedding cache
+        trans.fit(Xm, y, **params)
+        return trans, _as_2d_output(cached_transform(trans, Xm), mod.name)
+    args = (Xm,) if y is None else (Xm, y)
+    if hasattr(trans, "fit_transform"):
+        Xt = trans.fit_transform(*args, **params)
+    else:
+        Xt = trans.fit(*args, **params).transform(Xm)
+    return trans, _as_2d_output(Xt, mod.name)
+
+
+def _sequence_of(trans, Xm):
+    values, mask = trans.transform_sequence(Xm)
+    return np.asarray(values, dtype=np.float32), np.asarray(mask, dtype=bool)
+
+
+def _encode_one(trans, Xm, name, sequence):
+    """Encode the present rows of one modality with its fitted transformer (None if none)."""
+    if isinstance(trans, str):
+        return _passthrough(Xm, name)
+    if Xm.shape[0] == 0:
+        return None
+    if sequence:
+        return _sequence_of(trans, Xm)
+    return _as_2d_output(cached_transform(trans, Xm), name)
+
+
+def _block_width(out, sequence):
+    if out is None:
+        return None
+    return out[0].shape[-1] if sequence else out.shape[1]
+
+
+def _scatter_block(out, present, width, sequence):
+    """A modality's present-rows output placed into all rows (filler where absent)."""
+    if not sequence:
+        return scatter_rows(out, present, width)
+    n = present.shape[0]
+    if out is None:
+        return np.zeros((n, 1, width), dtype=np.float32), np.zeros((n, 1), dtype=bool)
+    values, mask = out
+    if present.all():
+        return values, mask
+    full = np.zeros((n,) + values.shape[1:], dtype=np.float32)
+    full_mask = np.zeros((n, values.shape[1]), dtype=bool)
+    full[present] = values
+    full_mask[present] = mask
+    return full, full_mask
 
 
 def _take_y(y, mask):

@@ -2,23 +2,42 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-from numbers import Integral
-
 from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context, clone
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.pipeline import Pipeline
+from sklearn.utils._metadata_requests import (
+    MetadataRouter,
+    MethodMapping,
+    _raise_for_params,
+    _routing_enabled,
+    process_routing,
+)
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, has_fit_parameter
 
-from ._attention import AttentionFusionClassifier, AttentionFusionRegressor
+from ._attention import AttentionFusionClassifier, AttentionFusionRegressor, _BaseAttentionFusion
 from ._base import _BaseFusion
 from ._early import EarlyFusion
-from ._late import LateFusionClassifier, LateFusionRegressor
+from ._late import LateFusionClassifier, LateFusionRegressor, _BaseLateFusion
 
 __all__ = ["FusionClassifier", "FusionRegressor"]
 
 FUSION_TYPES = ("early", "late", "attention")
+
+# Which constructor parameters each strategy takes (besides ``modalities``); the dispatcher's
+# signature is their union, and ``test_dispatch.py`` checks that it stays so.
+_EARLY_PARAMS = ("weights", "scaling", "presence_flags", "n_jobs", "verbose")
+_LATE_PARAMS = (
+    "estimator", "modality_estimators", "final_estimator", "cv", "stack_method", "passthrough",
+    "n_jobs", "verbose",
+)
+_ATTENTION_PARAMS = (
+    "d_model", "n_heads", "n_layers", "n_tokens", "dim_feedforward", "dropout",
+    "modality_dropout", "use_sequences", "max_iter", "batch_size", "learning_rate_init",
+    "alpha", "early_stopping", "validation_fraction", "n_iter_no_change", "tol",
+    "random_state", "device", "n_jobs", "verbose",
+)
 
 
 def _fitted_has(attr):
@@ -32,17 +51,11 @@ def _fitted_has(attr):
 
 class _BaseFusionDispatch(_BaseFusion):
     _parameter_constraints: dict = {
-        "modalities": [list],
+        **EarlyFusion._parameter_constraints,
+        **_BaseLateFusion._parameter_constraints,
+        **_BaseAttentionFusion._parameter_constraints,
         "fusion": [StrOptions(set(FUSION_TYPES))],
         "estimator": [HasMethods("fit"), None],
-        "final_estimator": [HasMethods("fit"), None],
-        "cv": ["cv_object"],
-        "scaling": [StrOptions({"standard", "block"}), None],
-        "passthrough": ["boolean"],
-        "attention_params": [dict, None],
-        "random_state": ["random_state"],
-        "n_jobs": [None, Integral],
-        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -51,50 +64,87 @@ class _BaseFusionDispatch(_BaseFusion):
         *,
         fusion="early",
         estimator=None,
+        weights=None,
+        scaling=None,
+        presence_flags="auto",
+        modality_estimators=None,
         final_estimator=None,
         cv=None,
-        scaling=None,
+        stack_method="auto",
         passthrough=False,
-        attention_params=None,
+        d_model=32,
+        n_heads=4,
+        n_layers=1,
+        n_tokens=4,
+        dim_feedforward=None,
+        dropout=0.1,
+        modality_dropout=0.1,
+        use_sequences=False,
+        max_iter=200,
+        batch_size="auto",
+        learning_rate_init=1e-3,
+        alpha=1e-4,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
         random_state=None,
+        device="auto",
         n_jobs=None,
         verbose=0,
     ):
         self.modalities = modalities
         self.fusion = fusion
         self.estimator = estimator
+        self.weights = weights
+        self.scaling = scaling
+        self.presence_flags = presence_flags
+        self.modality_estimators = modality_estimators
         self.final_estimator = final_estimator
         self.cv = cv
-        self.scaling = scaling
+        self.stack_method = stack_method
         self.passthrough = passthrough
-        self.attention_params = attention_params
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_layers = n_layers
+        self.n_tokens = n_tokens
+        self.dim_feedforward = dim_feedforward
+        self.dropout = dropout
+        self.modality_dropout = modality_dropout
+        self.use_sequences = use_sequences
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.alpha = alpha
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
         self.random_state = random_state
+        self.device = device
         self.n_jobs = n_jobs
         self.verbose = verbose
 
+    def _head(self):
+        return self.estimator if self.estimator is not None else self._default_estimator()
+
     def _make_estimator(self):
-        est = self.estimator if self.estimator is not None else self._default_estimator()
+        """The unfitted strategy estimator, with every parameter of that strategy forwarded."""
         if self.fusion == "early":
-            fusion = EarlyFusion(self.modalities, scaling=self.scaling, n_jobs=self.n_jobs)
-            return Pipeline([("fusion", fusion), ("estimator", clone(est))])
+            fusion = EarlyFusion(self.modalities, **{p: getattr(self, p) for p in _EARLY_PARAMS})
+            return Pipeline([("fusion", fusion), ("estimator", clone(self._head()))])
         if self.fusion == "attention":
-            params = dict(self.attention_params or {})
-            params.setdefault("random_state", self.random_state)
-            params.setdefault("n_jobs", self.n_jobs)
-            params.setdefault("verbose", self.verbose)
-            return self._attention_class(self.modalities, **params)
-        return self._late_class(
-            self.modalities,
-            estimator=est,
-            final_estimator=self.final_estimator,
-            cv=self.cv,
-            passthrough=self.passthrough,
-            n_jobs=self.n_jobs,
-            verbose=self.verbose,
-        )
+            est = self._attention_class(
+                self.modalities, **{p: getattr(self, p) for p in _ATTENTION_PARAMS}
+            )
+            if _routing_enabled():
+                # the network's loss consumes the weights routed to this estimator
+                est.set_fit_request(sample_weight=True)
+            return est
+        return self._late_class(self.modalities, **{p: getattr(self, p) for p in _LATE_PARAMS})
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None, **fit_params):
         """Fit the fusion strategy named by ``fusion``.
 
         Parameters
@@ -103,17 +153,88 @@ class _BaseFusionDispatch(_BaseFusion):
             Raw input with the columns named in ``modalities``.
         y : array-like of shape (n_samples,)
             Target values.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Row weights: early fusion passes them to ``estimator`` (if its ``fit`` takes
+            them), late fusion to the per-modality and final estimators that take them,
+            attention fusion to its loss. With metadata routing enabled they are routed like
+            ``fit_params``.
+        **fit_params : dict
+            Other metadata, only with ``sklearn.set_config(enable_metadata_routing=True)``:
+            routed to the strategy estimator, which passes it on as requested.
 
         Returns
         -------
         self : object
             The fitted estimator.
         """
+        _raise_for_params(fit_params, self, "fit")
         X = self._check_X(X, reset=True)
         y = self._check_y(X, y)
         self._build_modalities(X)
-        self.estimator_ = self._make_estimator().fit(X, y)
+        inner = self._make_estimator()
+        if _routing_enabled():
+            if sample_weight is not None:
+                fit_params["sample_weight"] = sample_weight
+            params = dict(process_routing(self, "fit", **fit_params).estimator_.fit)
+        elif sample_weight is None:
+            params = {}
+        elif self.fusion == "early":
+            head = inner[-1]
+            params = (
+                {"estimator__sample_weight": sample_weight}
+                if has_fit_parameter(head, "sample_weight")
+                else {}
+            )
+        else:
+            params = {"sample_weight": sample_weight}
+        self.estimator_ = inner.fit(X, y, **params)
         return self
+
+    def get_metadata_routing(self):
+        """Metadata routing: ``fit`` metadata goes to the strategy estimator.
+
+        Returns
+        -------
+        routing : MetadataRouter
+            A :class:`~sklearn.utils.metadata_routing.MetadataRouter` encapsulating routing
+            information.
+        """
+        return MetadataRouter(owner=self).add(
+            estimator_=self._make_estimator(),
+            method_mapping=MethodMapping().add(caller="fit", callee="fit"),
+        )
+
+    def _fusion_step(self):
+        return self.estimator_[0] if self.fusion_ == "early" else self.estimator_
+
+    @property
+    def fusion_(self):
+        """The strategy of the fitted estimator."""
+        check_is_fitted(self)
+        return (
+            "early" if isinstance(self.estimator_, Pipeline)
+            else "late" if isinstance(self.estimator_, _BaseLateFusion) else "attention"
+        )
+
+    def _encode(self, X):
+        """Validate X and encode every modality once, by the fitted strategy estimator."""
+        check_is_fitted(self)
+        return self._fusion_step()._encode(self._check_X(X, reset=False))
+
+    def _predict_encoded(self, encoded, method="predict"):
+        """What ``getattr(self, method)(X)`` gives, from ``encoded = self._encode(X)``."""
+        check_is_fitted(self)
+        if self.fusion_ != "early":
+            return self.estimator_._predict_encoded(encoded, method)
+        if method not in ("predict", "predict_proba", "decision_function"):
+            raise ValueError(
+                f"{type(self).__name__} with fusion='early' supports method in "
+                f"['decision_function', 'predict', 'predict_proba']; got {method!r}."
+            )
+        Xt = self.estimator_[0]._predict_encoded(encoded, "transform")
+        for _, step in self.estimator_.steps[1:-1]:
+            Xt = step.transform(Xt)
+        return getattr(self.estimator_[-1], method)(Xt)
 
     def predict(self, X):
         """Predict with the fitted fusion estimator.
@@ -128,9 +249,14 @@ class _BaseFusionDispatch(_BaseFusion):
         y_pred : ndarray of shape (n_samples,)
             Predictions.
         """
-        check_is_fitted(self)
-        X = self._check_X(X, reset=False)
-        return self.estimator_.predict(X)
+        return self._predict_encoded(self._encode(X), "predict")
+
+    def _sk_visual_block_(self):
+        from sklearn.utils._repr_html.estimator import _VisualBlock
+
+        inner = self.estimator_ if hasattr(self, "estimator_") else self._make_estimator()
+        return _VisualBlock("serial", [inner], names=[f"fusion={self.fusion!r}"],
+                            dash_wrapped=False)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -145,10 +271,12 @@ class FusionClassifier(ClassifierMixin, _BaseFusionDispatch):
     ``fusion="early"`` builds ``Pipeline([EarlyFusion(modalities), estimator])``;
     ``fusion="late"`` builds :class:`LateFusionClassifier` with ``estimator`` per modality and
     ``final_estimator`` on top; ``fusion="attention"`` builds
-    :class:`AttentionFusionClassifier` with ``attention_params``. Because the strategy is a
-    parameter,
-    ``GridSearchCV(FusionClassifier(...), {"fusion": ["early", "late"]})`` compares them, and
-    nested parameters such as ``text__batch_size`` reach the modality transformers.
+    :class:`AttentionFusionClassifier`. Every parameter of every strategy is a parameter of
+    this class, under its own name, and is passed to the strategy that takes it (as
+    :class:`~sklearn.svm.SVC` takes ``degree``, used by ``kernel="poly"`` only). So
+    ``GridSearchCV(FusionClassifier(...), {"fusion": ["early", "late"]})`` compares strategies,
+    a list of grids tunes each strategy's own parameters (see the User Guide), and nested
+    parameters such as ``text__batch_size`` reach the modality transformers.
 
     Read more in the :ref:`User Guide <fusion_dispatch>`.
 
@@ -161,38 +289,35 @@ class FusionClassifier(ClassifierMixin, _BaseFusionDispatch):
         The fusion strategy.
 
     estimator : classifier, default=None
-        The model on the fused features (early) or per modality (late). ``None`` means
-        :class:`~sklearn.linear_model.LogisticRegression`.
+        The model on the fused features (early) or, cloned, per modality (late). ``None``
+        means :class:`~sklearn.linear_model.LogisticRegression`. Ignored by attention fusion.
 
-    final_estimator : classifier, default=None
-        Late fusion's stacking model (ignored by early fusion).
+    weights, scaling, presence_flags
+        Early fusion's parameters, see :class:`EarlyFusion`; ignored by the other strategies.
 
-    cv : int, cross-validation generator or iterable, default=None
-        Late fusion's out-of-fold scheme (ignored by early fusion).
+    modality_estimators, final_estimator, cv, stack_method, passthrough
+        Late fusion's parameters, see :class:`LateFusionClassifier`; ignored by the other
+        strategies.
 
-    scaling : {"standard", "block"} or None, default=None
-        Early fusion's per-modality scaling, see :class:`EarlyFusion`.
-
-    passthrough : bool, default=False
-        Late fusion's passthrough, see :class:`LateFusionClassifier`.
-
-    attention_params : dict, default=None
-        Keyword arguments of :class:`AttentionFusionClassifier` (``max_iter``, ``d_model``,
-        ...) for ``fusion="attention"``; ignored by the other strategies.
-
-    random_state : int, RandomState instance or None, default=None
-        Seeds attention fusion's training (unless ``attention_params`` sets its own).
+    d_model, n_heads, n_layers, n_tokens, dim_feedforward, dropout, modality_dropout, \
+use_sequences, max_iter, batch_size, learning_rate_init, alpha, early_stopping, \
+validation_fraction, n_iter_no_change, tol, random_state, device
+        Attention fusion's parameters, see :class:`AttentionFusionClassifier`; ignored by
+        the other strategies. Defaults are that class's.
 
     n_jobs : int, default=None
-        Parallel jobs used by the underlying fusion estimator.
+        Modalities fitted and encoded in parallel, by every strategy.
 
     verbose : int, default=0
-        Verbosity of the underlying fusion estimator.
+        Verbosity of every strategy: stages and durations, the encoders' progress bars.
 
     Attributes
     ----------
     estimator_ : estimator
         The fitted fusion estimator (a Pipeline for early fusion).
+
+    fusion_ : str
+        The strategy of ``estimator_``.
 
     classes_ : ndarray of shape (n_classes,)
         Class labels.
@@ -222,6 +347,10 @@ class FusionClassifier(ClassifierMixin, _BaseFusionDispatch):
     >>> search = GridSearchCV(clf, {"fusion": ["early", "late"]}, cv=3).fit(X, y)
     >>> search.best_params_["fusion"] in ("early", "late")
     True
+    >>> grid = [{"fusion": ["early"], "scaling": [None, "block"]},
+    ...         {"fusion": ["late"], "passthrough": [False, True]}]
+    >>> GridSearchCV(clf, grid, cv=3).fit(X, y).cv_results_["params"][2]
+    {'fusion': 'late', 'passthrough': False}
     """
 
     def _default_estimator(self):
@@ -250,8 +379,7 @@ class FusionClassifier(ClassifierMixin, _BaseFusionDispatch):
         proba : ndarray of shape (n_samples, n_classes)
             Probability of each class, in the order of ``classes_``.
         """
-        check_is_fitted(self)
-        return self.estimator_.predict_proba(self._check_X(X, reset=False))
+        return self._predict_encoded(self._encode(X), "predict_proba")
 
     @available_if(_fitted_has("decision_function"))
     def decision_function(self, X):
@@ -267,8 +395,7 @@ class FusionClassifier(ClassifierMixin, _BaseFusionDispatch):
         scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
             Decision scores.
         """
-        check_is_fitted(self)
-        return self.estimator_.decision_function(self._check_X(X, reset=False))
+        return self._predict_encoded(self._encode(X), "decision_function")
 
 
 class FusionRegressor(RegressorMixin, _BaseFusionDispatch):
@@ -287,37 +414,35 @@ class FusionRegressor(RegressorMixin, _BaseFusionDispatch):
         The fusion strategy.
 
     estimator : regressor, default=None
-        The model on the fused features (early) or per modality (late). ``None`` means
-        :class:`~sklearn.linear_model.RidgeCV`.
+        The model on the fused features (early) or, cloned, per modality (late). ``None``
+        means :class:`~sklearn.linear_model.RidgeCV`. Ignored by attention fusion.
 
-    final_estimator : regressor, default=None
-        Late fusion's stacking model.
+    weights, scaling, presence_flags
+        Early fusion's parameters, see :class:`EarlyFusion`; ignored by the other strategies.
 
-    cv : int, cross-validation generator or iterable, default=None
-        Late fusion's out-of-fold scheme.
+    modality_estimators, final_estimator, cv, stack_method, passthrough
+        Late fusion's parameters, see :class:`LateFusionRegressor`; ignored by the other
+        strategies.
 
-    scaling : {"standard", "block"} or None, default=None
-        Early fusion's per-modality scaling.
-
-    passthrough : bool, default=False
-        Late fusion's passthrough.
-
-    attention_params : dict, default=None
-        Keyword arguments of :class:`AttentionFusionRegressor` for ``fusion="attention"``.
-
-    random_state : int, RandomState instance or None, default=None
-        Seeds attention fusion's training (unless ``attention_params`` sets its own).
+    d_model, n_heads, n_layers, n_tokens, dim_feedforward, dropout, modality_dropout, \
+use_sequences, max_iter, batch_size, learning_rate_init, alpha, early_stopping, \
+validation_fraction, n_iter_no_change, tol, random_state, device
+        Attention fusion's parameters, see :class:`AttentionFusionRegressor`; ignored by
+        the other strategies. Defaults are that class's.
 
     n_jobs : int, default=None
-        Parallel jobs used by the underlying fusion estimator.
+        Modalities fitted and encoded in parallel, by every strategy.
 
     verbose : int, default=0
-        Verbosity of the underlying fusion estimator.
+        Verbosity of every strategy: stages and durations, the encoders' progress bars.
 
     Attributes
     ----------
     estimator_ : estimator
         The fitted fusion estimator.
+
+    fusion_ : str
+        The strategy of ``estimator_``.
 
     n_features_in_ : int
         Number of columns in ``X`` during fit.

@@ -8,14 +8,16 @@ import numpy as np
 from scipy import sparse
 from sklearn.base import TransformerMixin, _fit_context
 from sklearn.utils._param_validation import StrOptions
+from sklearn.utils._metadata_requests import (
+    MetadataRouter,
+    MethodMapping,
+    _raise_for_params,
+    _routing_enabled,
+    process_routing,
+)
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import (
-    _BaseFusion,
-    fit_transform_modalities,
-    modality_feature_names,
-    transform_modalities,
-)
+from ._base import _BaseFusion, _fit_encode_one, modality_feature_names
 
 __all__ = ["EarlyFusion"]
 
@@ -55,8 +57,14 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
         modality: ``"auto"`` adds it for the modalities that had missing rows during ``fit``.
 
     n_jobs : int, default=None
-        Number of modalities encoded in parallel. ``None`` means 1 unless in a
-        :func:`joblib.parallel_config` context; ``-1`` means all processors.
+        Number of modalities encoded in parallel (in threads unless a
+        :func:`joblib.parallel_config` context says otherwise; the encoders release the GIL).
+        ``None`` means 1 unless in a :func:`joblib.parallel_config` context; ``-1`` means all
+        processors.
+
+    verbose : int, default=0
+        When positive, print each modality's stage and its duration, and show the encoders'
+        progress bars (as ``skfusion.config_context(show_progress=True)`` does).
 
     Attributes
     ----------
@@ -105,19 +113,28 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
         "scaling": [StrOptions({"standard", "block"}), None],
         "presence_flags": [StrOptions({"auto", "always", "never"})],
         "n_jobs": [None, Integral],
+        "verbose": ["verbose"],
     }
 
     def __init__(
-        self, modalities, *, weights=None, scaling=None, presence_flags="auto", n_jobs=None
+        self,
+        modalities,
+        *,
+        weights=None,
+        scaling=None,
+        presence_flags="auto",
+        n_jobs=None,
+        verbose=0,
     ):
         self.modalities = modalities
         self.weights = weights
         self.scaling = scaling
         self.presence_flags = presence_flags
         self.n_jobs = n_jobs
+        self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, **params):
         """Fit every modality transformer on the rows where its modality is present.
 
         Parameters
@@ -126,17 +143,22 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
             Raw input with the columns named in ``modalities``.
         y : array-like of shape (n_samples,), default=None
             Target, passed on to the transformers that use one.
+        **params : dict
+            Metadata for the modality transformers' ``fit`` (row-aligned values are restricted
+            to the rows where the modality is present). Only with
+            ``sklearn.set_config(enable_metadata_routing=True)``, as in
+            :class:`~sklearn.compose.ColumnTransformer`.
 
         Returns
         -------
         self : EarlyFusion
             The fitted transformer.
         """
-        self._fit(X, y)
+        self._fit(X, y, params)
         return self
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit_transform(self, X, y=None):
+    def fit_transform(self, X, y=None, **params):
         """Fit on X and return the fused features.
 
         Parameters
@@ -145,15 +167,18 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
             Raw input with the columns named in ``modalities``.
         y : array-like of shape (n_samples,), default=None
             Target, passed on to the transformers that use one.
+        **params : dict
+            Metadata for the modality transformers, see :meth:`fit`.
 
         Returns
         -------
         X_fused : ndarray or sparse matrix of shape (n_samples, n_features_out)
             The concatenated modality features (and presence flags).
         """
-        return self._fit(X, y)
+        return self._fit(X, y, params)
 
-    def _fit(self, X, y):
+    def _fit(self, X, y, params):
+        _raise_for_params(params, self, "fit")
         X = self._check_X(X, reset=True)
         self._build_modalities(X)
         if self.weights is not None:
@@ -163,20 +188,35 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
                     f"weights names unknown modalities {sorted(unknown)!r}; modalities are "
                     f"{[m.name for m in self._modalities]!r}."
                 )
-        fitted, blocks, presence = fit_transform_modalities(self, X, y, n_jobs=self.n_jobs)
-        self.transformers_ = fitted
-        self._widths = [None if b is None else b.shape[1] for b in blocks]
+        routed = process_routing(self, "fit", **params) if _routing_enabled() else None
+        fitted = self._fit_each(
+            X, y, _fit_encode_one,
+            params={m.name: routed[m.name].fit_transform for m in self._modalities}
+            if routed is not None else None,
+        )
+        self._encoders, encoded = self._encoded_from_fit(
+            [(mod, present, (trans, out, False)) for mod, present, (trans, out) in fitted]
+        )
+        fitted_by_name = {e.name: e.transformer for e in self._encoders}
+        self.transformers_ = [
+            (m.name, fitted_by_name.get(m.name, "drop"), m.columns) for m in self._modalities
+        ]
+        blocks, presence = encoded.blocks, encoded.presence
         self.fill_values_, self._scale, self._center = {}, {}, {}
-        for (name, _, _), block, present in zip(fitted, blocks, presence.T):
-            if block is None:
-                continue
-            self._fit_block_stats(name, block, present)
+        for enc, block, present in zip(self._encoders, blocks, presence.T):
+            self._fit_block_stats(enc.name, block, present)
         if self.presence_flags == "always":
-            self._flagged = [b is not None for b in blocks]
+            self._flagged = [True] * len(blocks)
         elif self.presence_flags == "never":
             self._flagged = [False] * len(blocks)
         else:
-            self._flagged = [b is not None and not p.all() for b, p in zip(blocks, presence.T)]
+            self._flagged = [not p.all() for p in presence.T]
+        self.output_indices_, start, widths = {}, 0, {e.name: e.width for e in self._encoders}
+        flagged = dict(zip(widths, self._flagged))
+        for name, _, _ in self.transformers_:
+            width = widths.get(name, 0)
+            self.output_indices_[name] = slice(start, start + width)
+            start += width + int(flagged.get(name, False))
         return self._assemble(blocks, presence)
 
     def _fit_block_stats(self, name, block, present):
@@ -209,33 +249,32 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
         self._center[name] = center
 
     def _assemble(self, blocks, presence):
-        out, any_sparse = [], any(sparse.issparse(b) for b in blocks if b is not None)
-        self.output_indices_ = {}
-        start = 0
-        for j, ((name, _, _), block) in enumerate(zip(self.transformers_, blocks)):
-            if block is None:
-                self.output_indices_[name] = slice(start, start)
-                continue
+        """Fill, scale and concatenate the encoded blocks (reads ``self``, never writes it)."""
+        out, any_sparse = [], any(sparse.issparse(b) for b in blocks)
+        for j, (enc, block) in enumerate(zip(self._encoders, blocks)):
+            name = enc.name
             if sparse.issparse(block):
+                if not presence[:, j].all():  # absent rows are all-zero, whatever they held
+                    block = sparse.diags(presence[:, j].astype(np.float64)) @ block
                 block = block @ sparse.diags(self._scale[name])
             else:
-                block = block.copy()
+                block = np.array(block, dtype=np.float64)
                 missing = ~presence[:, j]
                 if missing.any():
                     block[missing] = self.fill_values_[name]
                 block = (block - self._center[name]) * self._scale[name]
             out.append(block)
-            self.output_indices_[name] = slice(start, start + block.shape[1])
-            start += block.shape[1]
             if self._flagged[j]:
                 out.append(presence[:, [j]].astype(np.float64))
-                start += 1
         if any_sparse:
             return sparse.hstack([sparse.csr_matrix(b) for b in out]).tocsr()
         return np.hstack(out)
 
     def transform(self, X):
         """Encode every modality with its fitted transformer and concatenate.
+
+        When fitted on a DataFrame, columns are selected by name: extra and reordered columns
+        are fine, a missing one is an error naming it.
 
         Parameters
         ----------
@@ -247,12 +286,37 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
         X_fused : ndarray or sparse matrix of shape (n_samples, n_features_out)
             The fused features.
         """
+        return self._predict_encoded(self._encode(X), "transform")
+
+    def _predict_encoded(self, encoded, method="transform"):
+        """The fused features of already encoded modalities (``method="transform"``)."""
         check_is_fitted(self)
-        X = self._check_X(X, reset=False)
-        blocks, presence = transform_modalities(
-            self, X, self.transformers_, self._widths, n_jobs=self.n_jobs
-        )
-        return self._assemble(blocks, presence)
+        self._check_encoded(encoded, {"transform"}, method)
+        return self._assemble(encoded.blocks, encoded.presence)
+
+    def get_metadata_routing(self):
+        """Metadata routing of this object: ``fit`` metadata goes to the modality transformers.
+
+        Returns
+        -------
+        routing : MetadataRouter
+            A :class:`~sklearn.utils.metadata_routing.MetadataRouter` encapsulating routing
+            information.
+        """
+        router = MetadataRouter(owner=self)
+        for name, trans, _ in self.modalities:
+            if isinstance(trans, str):
+                continue
+            router.add(
+                **{name: trans},
+                method_mapping=MethodMapping()
+                .add(caller="fit", callee="fit_transform")
+                .add(caller="fit_transform", callee="fit_transform"),
+            )
+        return router
+
+    def _sk_visual_block_(self):
+        return self._visual_modalities()
 
     @property
     def named_transformers_(self):
@@ -277,12 +341,10 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
         """
         check_is_fitted(self)
         names = []
-        for j, ((name, trans, _), mod) in enumerate(zip(self.transformers_, self._modalities)):
-            if self._widths[j] is None:
-                continue
-            names += modality_feature_names(name, trans, mod.names, self._widths[j])
-            if self._flagged[j]:
-                names.append(f"{name}__present")
+        for enc, flagged in zip(self._encoders, self._flagged):
+            names += modality_feature_names(enc.name, enc.transformer, enc.mod.names, enc.width)
+            if flagged:
+                names.append(f"{enc.name}__present")
         return np.asarray(names, dtype=object)
 
     def __sklearn_tags__(self):

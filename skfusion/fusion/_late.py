@@ -5,21 +5,51 @@
 from numbers import Integral
 
 import numpy as np
-from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context, clone, is_classifier
+import pandas as pd
+from sklearn.base import (
+    ClassifierMixin,
+    RegressorMixin,
+    TransformerMixin,
+    _fit_context,
+    clone,
+    is_classifier,
+)
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.model_selection import check_cv, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import Bunch
+from sklearn.utils._metadata_requests import (
+    MetadataRouter,
+    MethodMapping,
+    _raise_for_params,
+    _routing_enabled,
+    process_routing,
+)
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    has_fit_parameter,
+)
 
-from ..runtime._cache import cached_transform
-from ._base import _BaseFusion, _passthrough, _take_y, encoded_presence, is_stateless
+from ._base import (
+    _BaseFusion,
+    _encode_one,
+    _Encoder,
+    _fit_encode_one,
+    _take_y,
+    encoded_presence,
+    is_stateless,
+    modality_feature_names,
+    take_rows,
+)
 
 __all__ = ["LateFusionClassifier", "LateFusionRegressor"]
+
+_METHODS = {"predict", "predict_proba", "decision_function", "transform"}
 
 
 def _final_has(attr):
@@ -31,7 +61,7 @@ def _final_has(attr):
     return check
 
 
-class _BaseLateFusion(_BaseFusion):
+class _BaseLateFusion(TransformerMixin, _BaseFusion):
     """Stacking over modalities; shared by the classifier and the regressor."""
 
     _parameter_constraints: dict = {
@@ -39,7 +69,7 @@ class _BaseLateFusion(_BaseFusion):
         "estimator": [HasMethods("fit"), None],
         "modality_estimators": [dict, None],
         "final_estimator": [HasMethods("fit"), None],
-        "cv": ["cv_object"],
+        "cv": ["cv_object", StrOptions({"prefit"})],
         "stack_method": [StrOptions({"auto", "predict_proba", "decision_function", "predict"})],
         "passthrough": ["boolean"],
         "n_jobs": [None, Integral],
@@ -109,8 +139,21 @@ class _BaseLateFusion(_BaseFusion):
             return preds[:, 1:]
         return preds
 
+    def _estimator_for(self, name):
+        overrides = self.modality_estimators or {}
+        if name in overrides:
+            return overrides[name]
+        return self.estimator if self.estimator is not None else self._default_estimator()
+
+    def _final(self):
+        final = self.final_estimator
+        return final if final is not None else self._default_final_estimator()
+
+    def _modality_pipeline(self, name, trans):
+        return Pipeline([("transformer", trans), ("estimator", self._estimator_for(name))])
+
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None, **fit_params):
         """Fit one model per modality, then the final estimator on their out-of-fold outputs.
 
         Parameters
@@ -119,88 +162,123 @@ class _BaseLateFusion(_BaseFusion):
             Raw input with the columns named in ``modalities``.
         y : array-like of shape (n_samples,)
             Target values.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Row weights, passed to every per-modality estimator that accepts them (on the
+            rows where its modality is present) and to the final estimator. With metadata
+            routing enabled, they go where the estimators request them instead.
+        **fit_params : dict
+            Other metadata, only with ``sklearn.set_config(enable_metadata_routing=True)``:
+            routed to the per-modality pipelines (named after their modality) and the
+            final estimator (``final_estimator_``) that request it.
 
         Returns
         -------
         self : object
             The fitted estimator.
         """
+        _raise_for_params(fit_params, self, "fit")
         X = self._check_X(X, reset=True)
         y = self._prepare_y(self._check_y(X, y))
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
         self._build_modalities(X)
-        overrides = dict(self.modality_estimators or {})
-        unknown = set(overrides) - {m.name for m in self._modalities}
+        names = [m.name for m in self._active_modalities()]
+        unknown = set(self.modality_estimators or {}) - {m.name for m in self._modalities}
         if unknown:
             raise ValueError(
                 f"modality_estimators names unknown modalities {sorted(unknown)!r}; modalities "
                 f"are {[m.name for m in self._modalities]!r}."
             )
-        n = X.shape[0]
-        cv = check_cv(self.cv, y, classifier=is_classifier(self))
-        splits = list(cv.split(np.zeros((n, 1)), y))
-        base = self.estimator if self.estimator is not None else self._default_estimator()
+        prefit = isinstance(self.cv, str) and self.cv == "prefit"
+        routing = _routing_enabled()
+        est_params, final_params = {}, {}
+        if routing:
+            if sample_weight is not None:
+                fit_params["sample_weight"] = sample_weight
+            routed = process_routing(self, "fit", **fit_params)
+            est_params = {name: dict(routed[name].fit) for name in names}
+            final_params = dict(routed["final_estimator_"].fit)
+        elif sample_weight is not None:
+            for name in names:
+                if has_fit_parameter(self._estimator_for(name), "sample_weight"):
+                    est_params[name] = {"sample_weight": sample_weight}
+            if has_fit_parameter(self._final(), "sample_weight"):
+                final_params = {"sample_weight": sample_weight}
+        splits = None
+        if not prefit:
+            cv = check_cv(self.cv, y, classifier=is_classifier(self))
+            splits = list(cv.split(np.zeros((X.shape[0], 1)), y))
+        extra = {}
+        for name in names:
+            est = self._estimator_for(name)
+            if prefit:
+                check_is_fitted(est)
+            else:
+                est = clone(est)
+            extra[name] = dict(
+                est=est, method=self._method_for(est), splits=splits, prefit=prefit,
+                routing=routing,
+            )
+        results = self._fit_each(X, y, _fit_modality_model, params=est_params, extra=extra,
+                                 prefit=prefit)
 
-        self.estimators_, self.stack_method_, self._fill, self._pass_fill = [], [], [], []
-        self._active = []
+        self.estimators_, self.stack_method_, self._encoders = [], [], []
+        self._fill, self._pass_fill, self._meta_widths = [], [], []
         meta_blocks, pass_blocks, presence = [], [], []
-        for mod, (Xm, present) in zip(self._modalities, self._modality_inputs(X)):
-            if Xm is None:
-                continue
-            if not present.any():
-                raise ValueError(
-                    f"Modality {mod.name!r} is missing (None/NaN/empty) in every one of the {n} "
-                    "rows passed to fit; there is nothing to learn from."
-                )
-            if self.verbose:
-                print(f"[LateFusion] modality {mod.name!r}: {present.sum()} of {n} rows present")
-            est = clone(overrides.get(mod.name, base))
-            method = self._method_for(est)
-            y_m = _take_y(y, present)
-            sub_splits = _restrict_splits(splits, present, mod.name)
-            with self._rows_named(X, mod):
-                trans = mod.transformer
-                trans = trans if isinstance(trans, str) else clone(trans)
-                if is_stateless(trans):
-                    # Fit learns nothing from the data: encode once, cross-validate the model alone.
-                    trans, F = _fit_transform_features(trans, Xm, y_m, mod.name)
-                    kept = encoded_presence(F, np.ones(F.shape[0], dtype=bool))
-                    if not kept.all():  # on_error="missing" made bad items NaN rows: missing
-                        present = encoded_presence(F, present)
-                        F, y_m = F[kept], _take_y(y, present)
-                        sub_splits = _restrict_splits(splits, present, mod.name)
-                    oof = cross_val_predict(
-                        clone(est), F, y_m, cv=sub_splits, method=method, n_jobs=self.n_jobs
-                    )
-                    est.fit(F, y_m)
-                    pipe = Pipeline([("transformer", trans), ("estimator", est)])
-                else:
-                    pipe = Pipeline([("transformer", trans), ("estimator", est)])
-                    oof = cross_val_predict(
-                        clone(pipe), Xm, y_m, cv=sub_splits, method=method, n_jobs=self.n_jobs
-                    )
-                    pipe.fit(Xm, y_m)
-                    F = _transform_features(pipe[0], Xm, mod.name) if self.passthrough else None
+        for mod, present, (pipe, oof, F, kept) in results:
+            method = extra[mod.name]["method"]
+            present = _narrow(present, kept)
             oof = self._concat_meta(oof, method)
             self.estimators_.append(pipe)
             self.stack_method_.append(method)
-            self._active.append(mod.name)
-            fill = oof.mean(axis=0)
+            self._encoders.append(_Encoder(mod, pipe[0], F.shape[1]))
+            w = None if sample_weight is None else sample_weight[present]
+            fill = _mean(oof, w)  # weighted: a weight of 2 counts as a repeated row
             self._fill.append(fill)
+            self._meta_widths.append(oof.shape[1])
             meta_blocks.append(_scatter(oof, present, fill))
             presence.append(present)
             if self.passthrough:
-                pass_fill = np.nanmean(F, axis=0)
+                F = _densify(F[kept])
+                pass_fill = _mean(F, w)
                 self._pass_fill.append(pass_fill)
                 pass_blocks.append(_scatter(F, present, pass_fill))
         presence = np.column_stack(presence)
         self._flag_cols = [j for j in range(presence.shape[1]) if not presence[:, j].all()]
         meta = self._stack(meta_blocks, pass_blocks, presence)
-        final = self.final_estimator
-        self.final_estimator_ = clone(
-            final if final is not None else self._default_final_estimator()
-        )
-        self.final_estimator_.fit(meta, y)
+        self.final_estimator_ = clone(self._final())
+        self.final_estimator_.fit(meta, y, **final_params)
         return self
+
+    def _modality_weights(self):
+        """``(weights Series or None, reason or None)`` from the final estimator's ``coef_``."""
+        check_is_fitted(self)
+        names = [e.name for e in self._encoders]
+        coef = getattr(self.final_estimator_, "coef_", None)
+        if coef is None:
+            return None, (
+                f"the final estimator {type(self.final_estimator_).__name__} has no coef_"
+            )
+        coef = np.abs(np.asarray(coef, dtype=np.float64))
+        if coef.ndim == 2:
+            coef = coef.sum(axis=0)
+        bounds = np.cumsum([0] + self._meta_widths)
+        weights = np.array([coef[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])])
+        if not np.isfinite(weights).all() or weights.sum() <= 0:
+            return None, (
+                "the final estimator's coefficients on the modality predictions are all zero"
+            )
+        return pd.Series(weights / weights.sum(), index=names, dtype=float), None
+
+    @property
+    def modality_weights_(self):
+        """Per-modality weights of the final estimator (a Series summing to 1) or None."""
+        return self._modality_weights()[0]
+
+    @property
+    def modality_weights_reason_(self):
+        """Why ``modality_weights_`` is None (a str), else None."""
+        return self._modality_weights()[1]
 
     def _stack(self, meta_blocks, pass_blocks, presence):
         parts = list(meta_blocks)
@@ -213,41 +291,57 @@ class _BaseLateFusion(_BaseFusion):
     def named_estimators_(self):
         """The fitted per-modality pipelines by modality name."""
         check_is_fitted(self)
-        return Bunch(**dict(zip(self._active, self.estimators_)))
+        return Bunch(**{e.name: pipe for e, pipe in zip(self._encoders, self.estimators_)})
 
-    def _meta_features(self, X):
-        check_is_fitted(self)
-        X = self._check_X(X, reset=False)
-        inputs = {
-            mod.name: inp
-            for mod, inp in zip(self._modalities, self._modality_inputs(X))
-            if inp[0] is not None
-        }
-        mods = {mod.name: mod for mod in self._modalities}
-        meta_blocks, pass_blocks, presence = [], [], []
-        for j, (name, pipe, method) in enumerate(
-            zip(self._active, self.estimators_, self.stack_method_)
-        ):
-            Xm, present = inputs[name]
-            preds, F = None, None
-            with self._rows_named(X, mods[name]):
-                if present.any():
-                    preds, kept = _predict_modality(pipe, method, Xm, name)
-                    if self.passthrough:
-                        F = _transform_features(pipe[0], Xm, name)[kept]
-                    present = _narrow(present, kept)
-            if preds is None:
+    def _meta_from_encoded(self, encoded):
+        """The stacked features of already encoded modalities (reads ``self`` only)."""
+        meta_blocks, pass_blocks = [], []
+        for j, (pipe, method) in enumerate(zip(self.estimators_, self.stack_method_)):
+            block, present = encoded.blocks[j], encoded.presence[:, j]
+            if present.any():
+                preds = self._concat_meta(getattr(pipe[-1], method)(block[present]), method)
+            else:
                 preds = np.empty((0, self._fill[j].shape[0]))
-            presence.append(present)
-            meta_blocks.append(_scatter(self._concat_meta(preds, method), present, self._fill[j]))
+            meta_blocks.append(_scatter(preds, present, self._fill[j]))
             if self.passthrough:
-                if F is None:
-                    F = np.empty((0, self._pass_fill[j].shape[0]))
-                pass_blocks.append(_scatter(F, present, self._pass_fill[j]))
-        return self._stack(meta_blocks, pass_blocks, np.column_stack(presence))
+                pass_blocks.append(_scatter(_densify(block[present]), present,
+                                            self._pass_fill[j]))
+        return self._stack(meta_blocks, pass_blocks, encoded.presence)
+
+    def _predict_encoded(self, encoded, method="predict"):
+        """What ``getattr(self, method)(X)`` gives, from ``encoded = self._encode(X)``."""
+        check_is_fitted(self)
+        self._check_encoded(encoded, _METHODS, method)
+        meta = self._meta_from_encoded(encoded)
+        if method == "transform":
+            return meta
+        return self._from_final(meta, method)
+
+    def _from_final(self, meta, method):
+        return getattr(self.final_estimator_, method)(meta)
 
     def predict(self, X):
         """Predict with the final estimator on the stacked per-modality outputs.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            Raw input with the same columns as during fit (selected by name).
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            Predicted targets.
+        """
+        return self._predict_encoded(self._encode(X), "predict")
+
+    def transform(self, X):
+        """The stacked features the final estimator sees.
+
+        Per modality (in order), its model's predictions (``stack_method_``; the mean
+        out-of-fold prediction where the modality is missing), then the presence flags of the
+        modalities that had missing rows at fit, then (with ``passthrough``) the modality
+        features, as named by :meth:`get_feature_names_out`.
 
         Parameters
         ----------
@@ -256,17 +350,136 @@ class _BaseLateFusion(_BaseFusion):
 
         Returns
         -------
-        y_pred : ndarray of shape (n_samples,)
-            Predicted targets.
+        X_stacked : ndarray of shape (n_samples, n_features_out)
+            The stacked features.
         """
-        meta = self._meta_features(X)
-        return self.final_estimator_.predict(meta)
+        return self._predict_encoded(self._encode(X), "transform")
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the stacked features returned by :meth:`transform`.
+
+        ``"<modality>__<method>"`` (regressor, or one column), ``"<modality>__<method>_<class>"``
+        (one column per class), ``"<modality>__present"`` and, with ``passthrough``, the
+        modality features ``"<modality>__<feature>"``.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Ignored; present for API consistency.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+            Names of the stacked features.
+        """
+        check_is_fitted(self)
+        names = []
+        classes = getattr(self, "classes_", None)
+        for enc, method, width in zip(self._encoders, self.stack_method_, self._meta_widths):
+            if width == 1 and method == "predict_proba" and classes is not None:
+                names.append(f"{enc.name}__{method}_{classes[-1]}")
+            elif width == 1:
+                names.append(f"{enc.name}__{method}")
+            else:
+                labels = classes if classes is not None and len(classes) == width else range(width)
+                names += [f"{enc.name}__{method}_{c}" for c in labels]
+        names += [f"{self._encoders[j].name}__present" for j in self._flag_cols]
+        if self.passthrough:
+            for enc in self._encoders:
+                names += modality_feature_names(enc.name, enc.transformer, enc.mod.names,
+                                                enc.width)
+        return np.asarray(names, dtype=object)
+
+    def get_metadata_routing(self):
+        """Metadata routing: to each modality's pipeline and to the final estimator.
+
+        Returns
+        -------
+        routing : MetadataRouter
+            A :class:`~sklearn.utils.metadata_routing.MetadataRouter` encapsulating routing
+            information.
+        """
+        router = MetadataRouter(owner=self)
+        for name, trans, _ in self.modalities:
+            if isinstance(trans, str) and trans == "drop":
+                continue
+            router.add(
+                **{name: self._modality_pipeline(name, trans)},
+                method_mapping=MethodMapping().add(caller="fit", callee="fit"),
+            )
+        router.add(
+            final_estimator_=self._final(),
+            method_mapping=MethodMapping().add(caller="fit", callee="fit"),
+        )
+        return router
+
+    def _sk_visual_block_(self):
+        from sklearn.utils._repr_html.estimator import _VisualBlock
+
+        if hasattr(self, "estimators_"):
+            pipes = dict(zip([e.name for e in self._encoders], self.estimators_))
+            final = self.final_estimator_
+            modalities = self._visual_modalities(lambda name, trans: pipes[name])
+        else:
+            final = self._final()
+            modalities = self._visual_modalities(self._modality_pipeline)
+        head = _VisualBlock("parallel", [final], names=["final_estimator"], dash_wrapped=False)
+        return _VisualBlock("serial", (modalities, head), dash_wrapped=False)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
         tags.input_tags.string = True
         return tags
+
+
+def _est_params(est, params, routing):
+    """The metadata the bare estimator takes (routing on: only what it requested)."""
+    if not routing or not params:
+        return params
+    request = est.get_metadata_routing()
+    return {k: v for k, v in params.items() if request.consumes("fit", [k])}
+
+
+def _fit_modality_model(mod, trans, Xm, y, present, params, *, est, method, splits, prefit,
+                        routing):
+    """Fit one modality's (transformer, estimator) on its present rows (run in a worker).
+
+    Returns the pipeline, its out-of-fold predictions (in-sample ones for ``cv="prefit"``) and
+    the encoded features of the present rows, both for the rows kept (an encoder with
+    ``on_error="missing"`` may lose some), and the boolean mask of the rows kept.
+    """
+    name = mod.name
+    if prefit:
+        F = _encode_one(trans, Xm, name, False)
+        kept = encoded_presence(F, np.ones(F.shape[0], dtype=bool))
+        preds = getattr(est, method)(F[kept]) if kept.any() else None
+        return Pipeline([("transformer", trans), ("estimator", est)]), preds, F, kept
+    if is_stateless(trans):
+        # Fit learns nothing from the data: encode once, cross-validate the model alone.
+        trans, F = _fit_encode_one(mod, trans, Xm, y, present, {})
+        kept = encoded_presence(F, np.ones(F.shape[0], dtype=bool))
+        F_fit, y_fit, fit_params = F, y, _est_params(est, params, routing)
+        if not kept.all():  # on_error="missing" made bad items NaN rows: missing
+            F_fit, y_fit = F[kept], _take_y(y, kept)
+            fit_params = {k: take_rows(v, kept) for k, v in fit_params.items()}
+        sub_splits = _restrict_splits(splits, _narrow(present, kept), name)
+        oof = cross_val_predict(
+            clone(est), F_fit, y_fit, cv=sub_splits, method=method, params=fit_params
+        )
+        est.fit(F_fit, y_fit, **fit_params)
+        return Pipeline([("transformer", trans), ("estimator", est)]), oof, F, kept
+    pipe = Pipeline([("transformer", trans), ("estimator", est)])
+    # Routing off, a Pipeline takes step-prefixed fit parameters; on, it routes them itself.
+    pipe_params = params if routing else {f"estimator__{k}": v for k, v in params.items()}
+    oof = cross_val_predict(
+        clone(pipe), Xm, y, cv=_restrict_splits(splits, present, name), method=method,
+        params=pipe_params,
+    )
+    pipe.fit(Xm, y, **pipe_params)
+    F = _encode_one(pipe[0], Xm, name, False)
+    kept = encoded_presence(F, np.ones(F.shape[0], dtype=bool))
+    return pipe, oof[kept], F, kept
 
 
 def _restrict_splits(splits, present, name):
@@ -289,37 +502,6 @@ def _restrict_splits(splits, present, name):
     return out
 
 
-def _fit_transform_features(trans, Xm, y, name):
-    from ._base import _fit_transform_one
-
-    trans, Xt = _fit_transform_one(trans, Xm, y, name)  # through the embedding cache
-    return trans, _densify(Xt)
-
-
-def _transform_features(trans, Xm, name):
-    from ._base import _as_2d_output
-
-    if isinstance(trans, str):
-        return _passthrough(Xm, name)
-    return _densify(_as_2d_output(cached_transform(trans, Xm), name))
-
-
-def _predict_modality(pipe, method, Xm, name):
-    """``getattr(pipe, method)(Xm)``, with the transformer's rows through the embedding cache.
-
-    A stateless transformer's model was trained on ``_fit_transform_features`` output, so its
-    predictions go through ``_transform_features`` too (same conversion, cached rows). Rows
-    the encoder returned as NaN (``on_error="missing"``) are missing that modality: returns
-    the predictions of the rows kept (None if none is) and the boolean mask of those rows.
-    """
-    if is_stateless(pipe[0]):
-        F = _transform_features(pipe[0], Xm, name)
-        kept = encoded_presence(F, np.ones(F.shape[0], dtype=bool))
-        preds = getattr(pipe[-1], method)(F[kept]) if kept.any() else None
-        return preds, kept
-    return getattr(pipe, method)(Xm), np.ones(Xm.shape[0], dtype=bool)
-
-
 def _narrow(present, kept):
     """``present`` with only the ``kept`` ones of its True rows left True."""
     if kept.all():
@@ -327,6 +509,17 @@ def _narrow(present, kept):
     present = present.copy()
     present[np.flatnonzero(present)[~kept]] = False
     return present
+
+
+def _mean(values, weights):
+    """Column means of ``values`` (NaN ignored), weighted by ``weights`` when given."""
+    if weights is None:
+        with np.errstate(all="ignore"):
+            return np.nanmean(values, axis=0) if values.shape[0] else np.zeros(values.shape[1])
+    ok = ~np.isnan(values)
+    w = ok * np.asarray(weights, dtype=np.float64)[:, None]
+    with np.errstate(all="ignore"):
+        return np.where(ok, values, 0.0).T @ np.asarray(weights, dtype=np.float64) / w.sum(0)
 
 
 def _densify(Xt):
@@ -348,7 +541,9 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
     modality is present. Their out-of-fold predictions (from ``cv``) become the features of
     ``final_estimator``, with a presence flag for each modality that had missing rows. At
     predict time a missing modality contributes its mean out-of-fold prediction, and its flag
-    tells the final estimator to rely on the other modalities.
+    tells the final estimator to rely on the other modalities. Like
+    :class:`~sklearn.ensemble.StackingClassifier`, it is also a transformer: :meth:`transform`
+    returns those stacked features.
 
     Read more in the :ref:`User Guide <late_fusion>`.
 
@@ -368,10 +563,13 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
         The model trained on the stacked per-modality outputs. ``None`` means
         :class:`~sklearn.linear_model.LogisticRegression`.
 
-    cv : int, cross-validation generator or iterable, default=None
+    cv : int, cross-validation generator, iterable or "prefit", default=None
         How out-of-fold predictions are made, as in :func:`~sklearn.model_selection.check_cv`
         (``None``: 5-fold stratified). The same folds are used for every modality, restricted
-        to the rows where it is present.
+        to the rows where it is present. ``"prefit"``: every modality's transformer and
+        estimator (``modality_estimators[name]``, else ``estimator``) is already fitted and
+        used as is; only ``final_estimator`` is trained, on their predictions for ``X``
+        (use other rows than theirs, as with :class:`~sklearn.ensemble.StackingClassifier`).
 
     stack_method : {"auto", "predict_proba", "decision_function", "predict"}, default="auto"
         Which output of the per-modality models is stacked. ``"auto"`` tries
@@ -383,11 +581,13 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
         (missing rows filled with the training mean).
 
     n_jobs : int, default=None
-        Number of jobs for the cross-validated fits. ``None`` means 1 unless in a
-        :func:`joblib.parallel_config` context; ``-1`` means all processors.
+        Number of modalities fitted (and encoded at predict time) in parallel, in threads
+        unless a :func:`joblib.parallel_config` context says otherwise. ``None`` means 1
+        unless in a :func:`joblib.parallel_config` context; ``-1`` means all processors.
 
     verbose : int, default=0
-        Print progress per modality when positive.
+        When positive, print each modality's stage and its duration, and show the encoders'
+        progress bars.
 
     Attributes
     ----------
@@ -402,6 +602,16 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
 
     final_estimator_ : estimator
         The fitted final estimator.
+
+    modality_weights_ : pandas.Series or None
+        How much the final estimator relies on each modality: the absolute values of its
+        ``coef_`` over that modality's stacked prediction columns (summed over classes for a
+        multiclass model; presence flags and passthrough features not counted), normalised to
+        sum to 1, indexed by modality name. None when the final estimator has no ``coef_``
+        (or all of those coefficients are zero); ``modality_weights_reason_`` then says why.
+
+    modality_weights_reason_ : str or None
+        Why ``modality_weights_`` is None, else None.
 
     classes_ : ndarray of shape (n_classes,)
         Class labels.
@@ -435,6 +645,12 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
     ... ], cv=3).fit(X, y)
     >>> clf.predict(X.iloc[:2])
     array([0, 0])
+    >>> clf.transform(X.iloc[:2]).shape  # the stacked features: 3 probabilities per modality
+    (2, 6)
+    >>> clf.get_feature_names_out()[:3].tolist()
+    ['sepal__predict_proba_0', 'sepal__predict_proba_1', 'sepal__predict_proba_2']
+    >>> clf.modality_weights_.index.tolist(), round(float(clf.modality_weights_.sum()), 9)
+    (['sepal', 'petal'], 1.0)
     """
 
     def _default_estimator(self):
@@ -454,21 +670,11 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
             )
         return self._label_encoder.transform(y)
 
-    def predict(self, X):
-        """Predict class labels.
-
-        Parameters
-        ----------
-        X : DataFrame or array-like of shape (n_samples, n_features)
-            Raw input with the same columns as during fit.
-
-        Returns
-        -------
-        y_pred : ndarray of shape (n_samples,)
-            Predicted class labels.
-        """
-        y_pred = super().predict(X)
-        return self._label_encoder.inverse_transform(y_pred)
+    def _from_final(self, meta, method):
+        out = getattr(self.final_estimator_, method)(meta)
+        if method == "predict":
+            return self._label_encoder.inverse_transform(out)
+        return out
 
     @available_if(_final_has("predict_proba"))
     def predict_proba(self, X):
@@ -484,8 +690,7 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
         proba : ndarray of shape (n_samples, n_classes)
             Probability of each class, in the order of ``classes_``.
         """
-        meta = self._meta_features(X)
-        return self.final_estimator_.predict_proba(meta)
+        return self._predict_encoded(self._encode(X), "predict_proba")
 
     @available_if(_final_has("decision_function"))
     def decision_function(self, X):
@@ -501,8 +706,7 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
         scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
             Decision scores.
         """
-        meta = self._meta_features(X)
-        return self.final_estimator_.decision_function(meta)
+        return self._predict_encoded(self._encode(X), "decision_function")
 
 
 class LateFusionRegressor(RegressorMixin, _BaseLateFusion):
@@ -528,8 +732,9 @@ class LateFusionRegressor(RegressorMixin, _BaseLateFusion):
     final_estimator : regressor, default=None
         Model on the stacked outputs. ``None`` means :class:`~sklearn.linear_model.RidgeCV`.
 
-    cv : int, cross-validation generator or iterable, default=None
-        How out-of-fold predictions are made (``None``: 5-fold).
+    cv : int, cross-validation generator, iterable or "prefit", default=None
+        How out-of-fold predictions are made (``None``: 5-fold); ``"prefit"`` as in
+        :class:`LateFusionClassifier`.
 
     stack_method : {"auto", "predict"}, default="auto"
         Regressors stack ``predict``.
@@ -538,10 +743,11 @@ class LateFusionRegressor(RegressorMixin, _BaseLateFusion):
         If True, the final estimator also receives the modality features.
 
     n_jobs : int, default=None
-        Number of jobs for the cross-validated fits.
+        Number of modalities fitted in parallel.
 
     verbose : int, default=0
-        Print progress per modality when positive.
+        When positive, print each modality's stage and its duration, and show the encoders'
+        progress bars.
 
     Attributes
     ----------
@@ -556,6 +762,16 @@ class LateFusionRegressor(RegressorMixin, _BaseLateFusion):
 
     final_estimator_ : estimator
         The fitted final estimator.
+
+    modality_weights_ : pandas.Series or None
+        How much the final estimator relies on each modality: the absolute values of its
+        ``coef_`` over that modality's stacked prediction columns (summed over classes for a
+        multiclass model; presence flags and passthrough features not counted), normalised to
+        sum to 1, indexed by modality name. None when the final estimator has no ``coef_``
+        (or all of those coefficients are zero); ``modality_weights_reason_`` then says why.
+
+    modality_weights_reason_ : str or None
+        Why ``modality_weights_`` is None, else None.
 
     n_features_in_ : int
         Number of columns in ``X`` during fit.
