@@ -9,6 +9,7 @@ variables tqdm reads) still applies to the bars that are made.
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+import contextvars
 import threading
 from contextlib import contextmanager
 
@@ -156,6 +157,10 @@ class Progress:
             self._show = False
 
 
+# The count open in this thread/context, which nested progress() calls add to.
+_ACTIVE = contextvars.ContextVar("skfusion_progress", default=None)
+
+
 @contextmanager
 def progress(total, desc=None, verbose=0):
     """A progress counter for ``total`` rows, with a tqdm bar on stderr when one is wanted.
@@ -169,7 +174,9 @@ def progress(total, desc=None, verbose=0):
     ----------
     total : int
         Rows expected (an upper bound: rows served by a cache are never counted, and the bar
-        ends at the rows that ran).
+        ends at the rows that ran). A call made while another count is open in the same
+        thread (an encoder called chunk by chunk by the embedding cache) adds its rows to that
+        count instead of drawing a bar of its own.
     desc : str, default=None
         Label of the bar (e.g. the encoder's class name).
     verbose : int or bool, default=0
@@ -189,9 +196,18 @@ def progress(total, desc=None, verbose=0):
     >>> bar.n, bar.shown
     (3, False)
     """
+    outer = _ACTIVE.get()
+    if outer is not None:
+        # Nested in an enclosing count (the embedding cache computes a long column in chunks
+        # and calls the encoder once per chunk): these rows are part of that one bar, which
+        # goes on to the end instead of restarting at every chunk.
+        yield outer
+        return
     show = total > 0 and wants_progress(verbose) and not in_worker()
     counter = Progress(total, desc, show)
+    token = _ACTIVE.set(counter)
     try:
         yield counter
     finally:
+        _ACTIVE.reset(token)
         counter.close()

@@ -166,3 +166,16 @@ def test_without_tqdm_no_bar(monkeypatch, capsys):
         bar.update(3)
     assert bar.n == 3 and not bar.shown
     assert capsys.readouterr().err == ""
+
+
+def test_one_bar_for_a_column_the_cache_computes_in_chunks(capsys):
+    # The embedding cache computes the rows it lacks 256 at a time and calls the encoder once
+    # per chunk; the bar must run once to the whole count (600 rows), not restart at 256.
+    items = [np.array([float(i), 2.0]) for i in range(600)]
+    enc = OnnxEncoder(_double_model(), device="cpu", batch_size=64, verbose=1).fit(items[:2])
+    with skfusion.config_context(cache=True):
+        skfusion.runtime.cache_clear()
+        enc.transform(items)
+    err = capsys.readouterr().err
+    assert "600/600" in err
+    assert "256/256" not in err

@@ -45,11 +45,12 @@ import sys
 import threading
 import time
 from collections import OrderedDict, namedtuple
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 
 from .._config import get_config
+from .._progress import progress
 from .._utils import is_missing_item
 from ..exceptions import EncodingError
 from ._hashing import file_digest, new_hash, sha256_hex, tree_hash
@@ -597,7 +598,10 @@ def _run(fingerprint, keys, compute, name, verbose):
             first[key] = i
     uncached = [i for i, key in enumerate(keys) if key is None]
 
-    with _thread_lock(fingerprint), disk.lock() if disk is not None else _nullcontext():
+    with ExitStack() as stack:
+        stack.enter_context(_thread_lock(fingerprint))
+        if disk is not None:
+            stack.enter_context(disk.lock())
         found = _memory.get_many(first)
         memory_hits = len(found)
         disk_hits = 0
@@ -620,6 +624,9 @@ def _run(fingerprint, keys, compute, name, verbose):
                     flush=True,
                 )
             start = time.perf_counter()
+            # One bar for the whole column: the encoder's own progress() calls, one per chunk,
+            # add to it (see skfusion._progress).
+            bar = stack.enter_context(progress(len(todo), name, verbose))
             for lo in range(0, len(todo), _CHUNK):
                 positions = todo[lo : lo + _CHUNK]
                 with _computing():
@@ -640,8 +647,9 @@ def _run(fingerprint, keys, compute, name, verbose):
                 if disk is not None:
                     disk.put_many(pairs)
                 done = min(lo + _CHUNK, len(todo))
-                if verbose and len(todo) > _CHUNK and (done % _REPORT_EVERY == 0 or
-                                                       done == len(todo)):
+                if verbose and not bar.shown and len(todo) > _CHUNK and (
+                    done % _REPORT_EVERY == 0 or done == len(todo)
+                ):
                     print(
                         f"[skfusion cache] {name}: {done}/{len(todo)} computed "
                         f"({time.perf_counter() - start:.1f}s)",
@@ -668,11 +676,6 @@ def _run(fingerprint, keys, compute, name, verbose):
 
 def _all_nan(row):
     return row.dtype.kind == "f" and row.size > 0 and bool(np.isnan(row).all())
-
-
-@contextmanager
-def _nullcontext():
-    yield
 
 
 def _as_rows(block, n):
