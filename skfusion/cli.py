@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 
-from .runtime._store import _write_atomic
+from .runtime._store import _write_atomic, file_lock
 
 __all__ = ["main"]
 
@@ -135,12 +135,23 @@ def main(argv=None):
     demo.add_argument(
         "--output", default="skfusion_demo_model.joblib", help="where to save the best model"
     )
+    demo.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars or per-fold lines (TQDM_DISABLE=1 also hides the bars)",
+    )
     _add_predict_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from ._demo import run_demo
 
-        results = run_demo(quick=args.quick, cv=args.cv, n_jobs=args.n_jobs, output=args.output)
+        results = run_demo(
+            quick=args.quick,
+            cv=args.cv,
+            n_jobs=args.n_jobs,
+            output=args.output,
+            progress=not args.no_progress,
+        )
         return 0 if results["reloaded_same"] else 1
     if args.command == "predict":
         return _run_predict(args)
@@ -408,7 +419,7 @@ def _prepare_partial(partial, plan, args):
 
 def _predict(args):
     import pyarrow as pa
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
     from ._config import config_context
     from .batch import BatchPredictor
@@ -479,7 +490,7 @@ def _predict(args):
 
     os.makedirs(os.path.dirname(output), exist_ok=True)
     lock_path = os.path.join(os.path.dirname(output), "." + os.path.basename(output) + ".lock")
-    lock = FileLock(lock_path)
+    lock = file_lock(lock_path)  # skfusion's one inter-process lock
     try:
         lock.acquire(timeout=0)
     except Timeout:
