@@ -137,3 +137,16 @@ def mixed_modalities(text_encoder_params):
         ]
 
     return make
+
+
+@pytest.fixture
+def cuda_build(monkeypatch):
+    """onnxruntime as its CUDA build lists its providers, on a host whose GPU is visible."""
+    import onnxruntime
+
+    monkeypatch.setattr(
+        onnxruntime,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

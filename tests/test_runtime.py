@@ -245,18 +245,6 @@ def test_content_hash(tmp_path):
 # --- CUDA: provider choice, IOBinding, float16 (checked without a GPU) ---
 
 
-@pytest.fixture
-def cuda_build(monkeypatch):
-    """onnxruntime as its CUDA build lists its providers (no GPU needed to choose them)."""
-    import onnxruntime
-
-    monkeypatch.setattr(
-        onnxruntime,
-        "get_available_providers",
-        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    )
-
-
 @pytest.mark.parametrize(
     "value, hidden",
     [(None, False), ("", True), ("-1", True), ("0", False), ("1,0", False),

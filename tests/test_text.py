@@ -250,19 +250,6 @@ def test_graphs_without_pooled_output_still_pool(onnx_encoder, reviews, onnx_emb
     np.testing.assert_allclose(got, onnx_embeddings[:20], rtol=0, atol=1e-6)
 
 
-@pytest.fixture
-def cuda_build(monkeypatch):
-    """onnxruntime as its CUDA build lists its providers, on a host whose GPU is visible."""
-    import onnxruntime
-
-    monkeypatch.setattr(
-        onnxruntime,
-        "get_available_providers",
-        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    )
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-
-
 def test_int8_is_refused_on_cuda(cuda_build, int8_encoder, reviews):
     """int8 graphs are CPU graphs: an explicit CUDA device is a ValueError that says what to
     do, at fit and after set_params; with device="auto" they run on the CPU, even where auto

@@ -521,9 +521,6 @@ def _progress_context(verbose):
         return
     from .. import _config
 
-    if "show_progress" not in _config.get_config() or _config.get_config()["show_progress"]:
-        yield
-        return
     with _config.config_context(show_progress=True):
         yield
 
