@@ -21,6 +21,19 @@ from skfusion.encoders import AudioEncoder, ImageEncoder, TextEncoder
 from skfusion.runtime import estimator_fingerprint
 
 
+@pytest.fixture(scope="module")
+def no_embedding_cache():
+    """Every row is computed by its encoder, none served by the embedding cache.
+
+    For modules that check what an encoder computes (or count its rows): they mark themselves
+    with ``pytestmark = pytest.mark.usefixtures("no_embedding_cache")``.
+    """
+    import skfusion
+
+    with skfusion.config_context(cache=False):
+        yield
+
+
 class HashEmbedder(TransformerMixin, BaseEstimator):
     """A deterministic fake text encoder: each text maps to a seeded random vector.
 

@@ -19,11 +19,8 @@ from skfusion._progress import in_worker, progress, wants_progress
 from skfusion.encoders import ArrayEncoder, OnnxEncoder, TextEncoder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_embedding_cache():
-    """Every row must be encoded (and counted), not served by the embedding cache."""
-    with skfusion.config_context(cache=False):
-        yield
+# every row is computed by the encoder, none served by the embedding cache (conftest.py)
+pytestmark = pytest.mark.usefixtures("no_embedding_cache")
 
 
 def _double_model():

@@ -45,11 +45,8 @@ def _cosine(a, b):
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_embedding_cache():
-    """These tests check what the encoder computes, so rows must not come from the cache."""
-    with skfusion.config_context(cache=False):
-        yield
+# every row is computed by the encoder, none served by the embedding cache (conftest.py)
+pytestmark = pytest.mark.usefixtures("no_embedding_cache")
 
 
 @pytest.fixture(scope="module")

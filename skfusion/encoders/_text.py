@@ -530,7 +530,8 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         )
         from ..runtime._session import FLOAT16_SETTINGS, float16_model
 
-        tokenizers = import_optional_dependency("tokenizers", purpose="TextEncoder")
+        # before the (slow) graph build: a missing tokenizers library fails at once
+        import_optional_dependency("tokenizers", purpose="TextEncoder")
         folder = info["transformer_dir"]
         normalize = bool(self.normalize_embeddings or info["normalize"])
         settings, graph = _onnx_settings(info, self.quantize, normalize)
@@ -564,24 +565,29 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 model_bytes, sha = store_entry(key, lambda: pooled(unpooled))
         self.onnx_graph_ = graph
         self._graph_settings = settings
-        tok = tokenizers.Tokenizer.from_file(os.fspath(info["tokenizer_file"]))
-        # the bundled tokenizer.json pads every text to a fixed length: batches of one length
-        # (length_batches) need no padding at all
-        tok.no_padding()
-        tok.enable_truncation(max_length=info["max_seq_length"])
         self.onnx_model_ = model_bytes
         self.onnx_sha256_ = sha
-        self.tokenizer_json_ = tok.to_str()
-        self.max_seq_length_ = info["max_seq_length"]
-        self.pooling_ = pooling
-        self.normalize_ = normalize
-        self._do_lower_case = info["do_lower_case"]
-        self._tok = tok
+        self._set_tokenizer(info, info["max_seq_length"])
         outputs = {o.name: o for o in self._onnx_session().session.get_outputs()}
         width = outputs["sentence_embedding"].shape[-1]
         if not isinstance(width, Integral):
             width = self._run_onnx(["x"], "sentence_embedding")[0][1].shape[-1]
         self.embedding_dim_ = int(width)
+
+    def _set_tokenizer(self, info, max_length):
+        """The fitted tokenizer (truncating at ``max_length``) and the pooling of a folder."""
+        tokenizers = import_optional_dependency("tokenizers", purpose=type(self).__name__)
+        tok = tokenizers.Tokenizer.from_file(os.fspath(info["tokenizer_file"]))
+        # the bundled tokenizer.json pads every text to a fixed length: batches of one length
+        # (length_batches) need no padding at all
+        tok.no_padding()
+        tok.enable_truncation(max_length=int(max_length))
+        self.tokenizer_json_ = tok.to_str()
+        self.max_seq_length_ = int(max_length)
+        self.pooling_ = tuple(info["pooling"])
+        self.normalize_ = bool(self.normalize_embeddings or info["normalize"])
+        self._do_lower_case = info["do_lower_case"]
+        self._tok = tok
 
     # --- transform ---
     def _split(self, X):
