@@ -9,6 +9,7 @@ sentence-transformers, librosa, onnxruntime) only when it first needs it.
 from ._array import ArrayEncoder
 from ._audio import AudioEncoder
 from ._base import EncodingError
+from ._finetune import FineTunedTextEncoder
 from ._image import ImageEncoder
 from ._onnx import OnnxEncoder
 from ._text import TextEncoder
@@ -17,6 +18,7 @@ __all__ = [
     "ArrayEncoder",
     "AudioEncoder",
     "EncodingError",
+    "FineTunedTextEncoder",
     "ImageEncoder",
     "OnnxEncoder",
     "TextEncoder",

@@ -809,6 +809,10 @@ def _fit_encode_one(mod, trans, Xm, y, present, params, *, sequence=False):
         return trans, _sequence_of(trans, Xm)
     if isinstance(trans, str):  # passthrough
         return trans, _passthrough(Xm, mod.name)
+    if getattr(trans, "_skfusion_cross_fitted", False):
+        # a supervised encoder whose training rows are cross-fitted (each from a model that
+        # did not see it, as TargetEncoder's): its fit_transform, never the cache
+        return trans, _as_2d_output(trans.fit_transform(Xm, y, **params), mod.name)
     if hasattr(trans, "_skfusion_fingerprint"):  # rows through the embedding cache
         trans.fit(Xm, y, **params)
         return trans, _as_2d_output(cached_transform(trans, Xm), mod.name)
