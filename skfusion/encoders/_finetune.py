@@ -13,7 +13,8 @@ Fitting runs in three steps, each chosen for a 2-core CPU:
    layers' forward and backward passes and nothing below them;
 3. the tuned weights are written back into the same fused ONNX graph (checked against a
    float64 numpy forward pass of the tuned weights, as every graph of that writer is), with
-   the model's pooling and normalisation inside it.
+   the mean pooling and the head inside it (decision values), or the model's pooling and
+   normalisation (embeddings).
 
 :meth:`transform` is :class:`TextEncoder`'s ONNX path on the tuned graph: a fitted or
 unpickled encoder scores without torch, and its rows go through the embedding cache under
