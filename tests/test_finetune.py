@@ -156,6 +156,13 @@ def test_same_seed_same_model_and_fits_are_memoised(reviews, monkeypatch, empty_
     FineTunedTextEncoder(max_iter=1, random_state=None).fit(X[:120], y[:120])
     FineTunedTextEncoder(max_iter=1, random_state=None).fit(X[:120], y[:120])
     assert len(calls) == 5
+    # folds that shuffle without a seed differ at every call: never memoised
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(2, shuffle=True)
+    for _ in range(2):
+        FineTunedTextEncoder(max_iter=1, cv=folds, random_state=3).fit_transform(X[:120], y[:120])
+    assert len(calls) == 5 + 2 * 3  # two fold tunings and the full one, twice
 
 
 def test_cross_fitted_rows_come_from_models_that_did_not_see_them(
@@ -210,6 +217,8 @@ def test_missing_texts_are_left_out_and_give_nan(reviews):
     enc = FineTunedTextEncoder(max_iter=1, random_state=0)
     out = enc.fit_transform(X, y)
     assert np.isnan(out[-2:]).all() and not np.isnan(out[:-2]).any()
+    with pytest.raises(ValueError, match="no text to train on"):
+        FineTunedTextEncoder(max_iter=1).fit([None, "", np.nan], [0, 1, 0])
 
 
 def test_continuous_and_multiclass_targets(reviews):

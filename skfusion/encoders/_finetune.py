@@ -425,6 +425,10 @@ class FineTunedTextEncoder(TextEncoder):
             return None
         if cross_fit and not (isinstance(self.cv, Integral) or hasattr(self.cv, "get_n_splits")):
             return None
+        if cross_fit and getattr(self.cv, "shuffle", False):
+            # a splitter that shuffles without an int seed makes other folds at every call
+            if not isinstance(getattr(self.cv, "random_state", None), Integral):
+                return None
         from ..runtime._bert import BERT_GRAPH_SETTINGS
         from ..runtime._hashing import new_hash
 
@@ -449,6 +453,8 @@ class FineTunedTextEncoder(TextEncoder):
 
     def _encode_target(self, y, labels, present, kept):
         """(encoded target, task): class indices or a standardised float target."""
+        if len(y) == 0:
+            raise ValueError(f"{type(self).__name__} got no text to train on (all are missing).")
         if np.asarray(y).dtype.kind in "fc":
             bad = np.flatnonzero(~np.isfinite(y))
             if len(bad):
@@ -456,8 +462,6 @@ class FineTunedTextEncoder(TextEncoder):
                 where = f"row {row}" + ("" if labels is None else f" (index {labels[row]!r})")
                 raise ValueError(f"y is not finite at {where}: {y[bad[0]]!r}")
         kind = type_of_target(y, input_name="y")
-        if len(y) == 0:
-            raise ValueError(f"{type(self).__name__} got no text to train on (all are missing).")
         if kind in ("binary", "multiclass"):
             self.classes_, target = np.unique(y, return_inverse=True)
             if len(self.classes_) < 2:
