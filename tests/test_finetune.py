@@ -264,3 +264,21 @@ def test_parameters_are_validated_and_cloned():
     enc = FineTunedTextEncoder(n_tuned_layers=2, cv=3, random_state=1)
     assert clone(enc).get_params() == enc.get_params()
     assert enc._skfusion_fingerprint() is None  # no output to name before fit
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_rows_do_not_depend_on_the_batch(reviews, quantize):
+    """A text's decision value is the same alone, in a batch of 40 copies, at any batch size.
+
+    Same process, same kernels: exact equality is the right check (DESIGN §8); the head's
+    product in the graph must not pick another kernel for one row than for many.
+    """
+    X, y, _, _ = reviews
+    X = list(X[:120]) + [X[5]] * 40
+    y = np.r_[y[:120], [y[5]] * 40]
+    enc = FineTunedTextEncoder(max_iter=1, quantize=quantize, random_state=0).fit(X, y)
+    together = enc.transform(X)
+    alone = np.vstack([enc.transform([text]) for text in X[:30]])
+    np.testing.assert_array_equal(together[:30], alone)
+    np.testing.assert_array_equal(together[120:], np.repeat(together[5:6], 40, axis=0))
+    np.testing.assert_array_equal(enc.set_params(batch_size=3).transform(X), together)
