@@ -101,7 +101,7 @@ def test_graph_matches_the_trained_layers(reviews, output, empty_store):
     weights = _bert_weights(info["transformer_dir"], cfg)
     encodings = enc._tokenize(list(X_out[:50]))
     states = enc._frozen_states(cfg, weights, encodings, list(range(50)))
-    head = captured["head"] if output == "decision" else None
+    head = captured["head_weights"] if output == "decision" else None
     torch_rows = _finetune._embed_states(captured["modules"], states, enc._pool_spec(), head)
     graph_rows = enc.transform(X_out[:50])
     if output == "embedding":

@@ -395,7 +395,10 @@ class FineTunedTextEncoder(TextEncoder):
                     self._training_settings(seed + 1 + k, f"fold {k + 1}", n_outputs),
                 )
                 rows = _embed_states(
-                    tuned["modules"], [states[i] for i in test], self._pool_spec(), tuned["head"]
+                    tuned["modules"],
+                    [states[i] for i in test],
+                    self._pool_spec(),
+                    tuned["head_weights"],
                 )
                 if oof is None:
                     oof = np.full((len(kept), rows.shape[1]), np.nan, dtype=np.float32)
@@ -768,7 +771,6 @@ def _tune(cfg, weights, states, target, sample_weight, task, settings):
             },
             "loss_curve": curve,
             "modules": layers,
-            "head": head,
         }
 
 
@@ -849,9 +851,12 @@ def _embed_states(layers, states, pool_spec, head=None):
     """What a fold's model outputs for held-out texts (cross-fitting).
 
     The fold's layers run in torch (float32) on the frozen layers' states already computed,
-    then the pooling (and normalisation) of ``pool_spec`` and, with ``head``, the head: the
-    graph of that fold is never written.
+    then :func:`skfusion.runtime.pool_sequence` (and :func:`~skfusion.runtime.l2_normalize`)
+    as ``pool_spec`` says and, with ``head`` (``{"W", "b"}`` weights), the head: the graph
+    of that fold is never written.
     """
+    from ..runtime import l2_normalize, pool_sequence
+
     torch = _torch()
     pooling, normalize = pool_spec
     device = next(layers.parameters()).device
@@ -862,22 +867,11 @@ def _embed_states(layers, states, pool_spec, head=None):
             x, bias, mask = _padded(torch, states, rows, device)
             for layer in layers:
                 x = layer(x, bias)
-            pooled = []
-            m = mask.to(x.dtype)[..., None]
-            count = m.sum(1).clamp_min(1e-9)
-            for mode in pooling:
-                if mode == "mean":
-                    pooled.append((x * m).sum(1) / count)
-                elif mode == "mean_sqrt_len":
-                    pooled.append((x * m).sum(1) / count.sqrt())
-                elif mode == "cls":
-                    pooled.append(x[:, 0])
-                else:
-                    pooled.append(x.masked_fill(m == 0, -torch.inf).amax(1))
-            emb = torch.cat(pooled, dim=1)
+            x, mask = x.cpu().numpy(), mask.cpu().numpy()
+            emb = np.concatenate([pool_sequence(x, mask, mode) for mode in pooling], axis=1)
             if normalize:
-                emb = emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                emb = l2_normalize(emb)
             if head is not None:
-                emb = head(emb)
-            out.append(emb.cpu().numpy().astype(np.float32))
+                emb = emb @ head["W"] + head["b"]
+            out.append(emb.astype(np.float32))
     return np.concatenate(out) if out else np.empty((0, 0), dtype=np.float32)
