@@ -352,7 +352,7 @@ def _arrow_type(dtype):
 
 def _write_manifest(folder, manifest):
     data = json.dumps(manifest, indent=1).encode()
-    _write_atomic(os.path.join(folder, MANIFEST), data)
+    _write_atomic(os.path.join(folder, MANIFEST), data, private=False)
 
 
 def _read_manifest(folder):
@@ -558,7 +558,10 @@ def _score(predictor, source, read, passthrough, schema, manifest, partial, args
             ]
             table = pa.Table.from_arrays(arrays, schema=schema)
             name = f"part-{len(parts):06d}{suffix}"
-            _write_atomic(os.path.join(partial, name), lambda fh: _write_table(table, fh, suffix))
+            _write_atomic(
+                os.path.join(partial, name), lambda fh: _write_table(table, fh, suffix),
+                private=False,
+            )
             parts.append({"file": name, "rows": table.num_rows, "lost_rows": int(lost)})
             done += table.num_rows
             scored += table.num_rows
@@ -568,7 +571,10 @@ def _score(predictor, source, read, passthrough, schema, manifest, partial, args
     if not parts:  # an empty input still gives a readable output: one part with no rows
         name = f"part-000000{suffix}"
         empty = schema.empty_table()
-        _write_atomic(os.path.join(partial, name), lambda fh: _write_table(empty, fh, suffix))
+        _write_atomic(
+            os.path.join(partial, name), lambda fh: _write_table(empty, fh, suffix),
+            private=False,
+        )
         parts.append({"file": name, "rows": 0, "lost_rows": 0})
     manifest["rows"] = done
     manifest["complete"] = True

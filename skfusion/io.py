@@ -317,10 +317,10 @@ def dump(model, path):
         def write(fh):
             joblib.dump(model, fh)
 
-    _write_atomic(path, write)
+    _write_atomic(path, write, private=False)
     digest = file_sha256(path)
     line = f"{digest}  {path.name}\n".encode()
-    _write_atomic(_sidecar(path), lambda fh: fh.write(line))
+    _write_atomic(_sidecar(path), lambda fh: fh.write(line), private=False)
     return digest
 
 

@@ -429,6 +429,32 @@ def test_parallel_decoding_gives_the_same_result(fsdd):
     assert_same_features(X2, X1)
 
 
+def test_batches_are_capped_by_decoded_samples(fsdd, monkeypatch):
+    """A batch ends at ``batch_size`` clips or at ``_BATCH_SAMPLES`` decoded samples, so
+    1,024 medium-length clips are never held at once; the features stay the same."""
+    from skfusion.encoders import _audio
+
+    paths = fsdd.frame["path"][::200].tolist() + [None]
+    with skfusion.config_context(cache=False):
+        reference = AudioEncoder().fit_transform(paths)
+        sizes = []
+        real = AudioEncoder._pooled
+
+        def counting(self, clips):
+            sizes.append(sum(c.shape[0] for c in clips))
+            return real(self, clips)
+
+        monkeypatch.setattr(AudioEncoder, "_pooled", counting)
+        monkeypatch.setattr(_audio, "_BATCH_SAMPLES", 20_000)  # about 2 FSDD clips at 22,050 Hz
+        monkeypatch.setattr(_audio, "_DECODE_STEP", 3)
+        capped = AudioEncoder().fit_transform(paths)
+    assert len(sizes) >= 6, sizes  # 15 clips of about 10,000 samples each
+    # a batch stops at the first clip that reaches the cap: it holds under cap + one clip
+    longest = max(sf.info(p).frames for p in paths[:-1]) * 22050 // 8000 + 1
+    assert max(sizes) < 20_000 + longest, sizes
+    assert_same_features(capped, reference)
+
+
 def _invariance_clips(fsdd):
     """24 recordings: the shortest, the longest (the widest zero-padding for its batch mates)
     and 22 spread over speakers and digits; plus a missing row."""

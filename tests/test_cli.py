@@ -94,6 +94,11 @@ def test_inputs_to_parquet_parts_and_manifest(setup, source, tmp_path, capsys):
     assert manifest["complete"] and manifest["rows"] == 150
     assert [p["rows"] for p in manifest["parts"]] == [60, 60, 30]
     assert not (tmp_path / "scores.parquet.partial").exists()
+    if sys.platform != "win32":  # the user's output: the umask's mode, not the store's 0600
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in os.listdir(out):
+            assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     result = pd.read_parquet(out)  # the folder reads as one table
     pd.testing.assert_frame_equal(result, _expected(setup, 60), check_exact=True)
     err = capsys.readouterr().err

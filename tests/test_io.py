@@ -291,3 +291,18 @@ def test_loading_a_skops_text_model_does_not_import_torch(text_model, reviews, t
     assert run.stdout.strip() == "[]"
     # another process: a text's embedding may differ in its last float32 bits
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_model_gets_the_umask_mode_not_0600(tmp_path, umask):
+    # a model file is the user's output: readable as any file they write (the store's own
+    # entries stay 0600, tests/test_store.py)
+    model = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
+    old = os.umask(umask)
+    try:
+        skfusion.dump(model, tmp_path / "model.skops")
+    finally:
+        os.umask(old)
+    for name in ("model.skops", "model.skops.sha256"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

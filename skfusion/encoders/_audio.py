@@ -40,6 +40,11 @@ from ._base import (
 
 __all__ = ["AudioEncoder"]
 
+# a batch holds at most this many decoded samples (128 MB of float32) besides ``batch_size``
+_BATCH_SAMPLES = 1 << 25
+# items decoded per step while a batch fills (the memory check runs between steps)
+_DECODE_STEP = 32
+
 
 class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     """Pooled audio features of a column of clips, computed with librosa.
@@ -108,7 +113,9 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         Resampler passed to ``librosa.resample`` (``librosa.load``'s default).
 
     batch_size : int, default=1024
-        Clips decoded and featurised together (bounds memory).
+        Clips decoded and featurised together at most; a batch also ends once its clips
+        hold 2**25 samples (128 MB of float32, about 25 minutes of audio at 22,050 Hz), so
+        memory stays bounded for long clips too. The features do not depend on it.
 
     n_jobs : int or None, default=None
         Parallel jobs that decode and resample files (threads: decoding is I/O and native
@@ -301,23 +308,34 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             self.duration_policy in ("pad_crop", "pad"),
         )
         parallel = Parallel(n_jobs=self.n_jobs, prefer="threads")
+        # a batch ends at ``batch_size`` clips or once its decoded clips hold
+        # ``_BATCH_SAMPLES`` samples, whichever comes first: 1,024 clips of 90 s would
+        # otherwise be 8 GB of float32 at once. Items are decoded a few at a time so that the
+        # check runs before the next clip is read; a clip's features do not depend on its batch.
+        step = min(self.batch_size, _DECODE_STEP)
+        keep, clips, held = [], [], 0
         with progress(len(items), desc=type(self).__name__, verbose=self.verbose) as bar:
-            for start in range(0, len(items), self.batch_size):
-                block = items[start : start + self.batch_size]
-                rows = present[start : start + self.batch_size]
+            for start in range(0, len(items), step):
+                block = items[start : start + step]
+                rows = present[start : start + step]
                 if self.n_jobs in (None, 1):
                     results = [decode_safe(item, *args) for item in block]
                 else:
                     results = parallel(delayed(decode_safe)(item, *args) for item in block)
-                keep, clips = [], []
-                for row, item, (ok, result) in zip(rows, block, results):
+                for row, (ok, result) in zip(rows, results):
                     if ok:
                         keep.append(row)
                         clips.append(result)
+                        # a long clip is a handle that streams its samples later: it holds none
+                        held += 0 if isinstance(result, LongClip) else result.shape[0]
+                        if len(clips) == self.batch_size or held >= _BATCH_SAMPLES:
+                            yield np.asarray(keep, dtype=np.intp), clips
+                            keep, clips, held = [], [], 0
                     elif self.on_error == "raise":
                         raise_encoding_error(self, row, labels, str(result), values[row])
-                yield np.asarray(keep, dtype=np.intp), clips
                 bar.update(len(block))
+        if clips:
+            yield np.asarray(keep, dtype=np.intp), clips
 
     # ------------------------------------------------------------------ features
     def _frame_features(self, clips):

@@ -12,7 +12,7 @@ so a process killed while exporting never blocks the next one.
 # SPDX-License-Identifier: BSD-3-Clause
 
 import os
-import tempfile
+import secrets
 import threading
 import time
 import warnings
@@ -132,18 +132,29 @@ def _write_entry(path, data, sha):
     _write_atomic(path, data)
 
 
-def _write_atomic(path, data, *, fsync=True):
+def _write_atomic(path, data, *, fsync=True, private=True):
     """Write ``data`` (bytes, or a callable given the open file) to a temporary file beside
     ``path``, then rename it there: readers see the old file, the new one, or none.
 
-    This is skfusion's one atomic-write helper. The file is created with mode 0600 (only its
-    owner may read it), as store entries and cached embeddings of users' data must be; the
-    temporary name ends in ``.tmp`` so that :func:`_remove_orphan_temps` finds what a killed
-    writer left. ``fsync=False`` skips flushing to the device (cache rows: a row lost in a power
-    cut is verified away and recomputed).
+    This is skfusion's one atomic-write helper. With ``private=True`` (store entries and cached
+    embeddings of users' data) the file is created with mode 0600, only its owner may read it;
+    with ``private=False`` (what users asked for: a saved model, scored batches, a manifest) it
+    gets the mode any new file gets, 0666 less the process's umask, as ``open(path, "w")``
+    would give it. The temporary name ends in ``.tmp`` so that :func:`_remove_orphan_temps`
+    finds what a killed writer left. ``fsync=False`` skips flushing to the device (cache rows:
+    a row lost in a power cut is verified away and recomputed).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    # ``tempfile.mkstemp`` always creates 0600; ``os.open`` with O_EXCL and a mode lets the
+    # kernel apply the umask itself, without the process-wide ``os.umask`` read-and-reset
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f"{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o600 if private else 0o666)
+            break
+        except FileExistsError:  # pragma: no cover - a 48-bit name collision
+            continue
     try:
         with os.fdopen(fd, "wb") as fh:
             if callable(data):
