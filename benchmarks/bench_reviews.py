@@ -307,8 +307,8 @@ def main():
     parser.add_argument("--test", action="store_true", help="also score the test split")
     parser.add_argument(
         "--tuned", action="store_true",
-        help="also the demo's fine-tuned text rows (about 8 minutes of tuning, or none when "
-        "the model store has it)",
+        help="also the fine-tuned text rows (three tunings of 8-12 minutes each, or none when "
+        "the model store has them)",
     )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
