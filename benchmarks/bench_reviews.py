@@ -103,11 +103,11 @@ class Blocks:
             enc = FineTunedTextEncoder(quantize=self.quantize, random_state=0, **TUNING)
             fit = np.ones(len(self.y["train"]), dtype=bool)
         start = time.perf_counter()
-        train = np.empty(len(fit))
-        train[fit] = enc.fit_transform(text(self.X["train"][fit]), self.y["train"][fit])[:, 0]
+        train = np.empty((len(fit), 1))  # binary target: one decision value per text
+        train[fit] = enc.fit_transform(text(self.X["train"][fit]), self.y["train"][fit])
         if not fit.all():
-            train[~fit] = enc.transform(text(self.X["train"][~fit]))[:, 0]
-        rows = {"train": train[:, None]}
+            train[~fit] = enc.transform(text(self.X["train"][~fit]))
+        rows = {"train": train}
         self.tune_s[name] = time.perf_counter() - start
         for s in ("val", "test"):
             rows[s] = enc.transform(text(self.X[s]))
