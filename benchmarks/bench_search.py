@@ -32,7 +32,7 @@ from skfusion import FusionClassifier
 from skfusion.datasets import load_clothing_reviews
 from skfusion.encoders import TextEncoder
 from skfusion.fusion._dispatch import FUSION_TYPES
-from skfusion.runtime import cache_clear, cache_info
+from skfusion.storage import cache_clear, cache_info
 
 TAB = ["Age", "Positive Feedback Count"]
 

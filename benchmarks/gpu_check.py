@@ -326,7 +326,7 @@ def text_encoders(model, batch_size, cuda):
 
 @check("text: ORT CUDA vs CPU fp32 (fp32 cosine >= 0.99999, fp16 >= 0.999)")
 def check_text_agreement(encoders, texts, results):
-    from skfusion.runtime import uses_io_binding
+    from skfusion.runtime._session import uses_io_binding
 
     cuda = ort_cuda_usable()
     reference, cpu_time = timed(lambda: encoders["cpu fp32"].transform(texts))
@@ -361,7 +361,7 @@ def check_text_throughput(model, encoders, texts, batch_size, results):
 
     import torch
 
-    from skfusion.runtime import run_session
+    from skfusion.runtime._session import run_session
 
     cuda = ort_cuda_usable() and torch.cuda.is_available()
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -13,6 +13,8 @@ import contextvars
 import threading
 from contextlib import contextmanager
 
+from ._utils import in_worker_process
+
 __all__ = ["Progress", "in_worker", "progress", "wants_progress"]
 
 # Thread names of the pools that run tasks of a Dask scheduler inside this process (the local
@@ -27,7 +29,7 @@ def in_worker():
     workers, ``multiprocessing`` pools, ``concurrent.futures.ProcessPoolExecutor``, Dask's
     nanny-started worker processes), in a process whose name is one of those workers' (loky,
     ``ForkPoolWorker``, ``Dask...``: a worker started without a parent link; see
-    :func:`skfusion.runtime._device.in_worker_process`), and in a thread of a pool: Dask's,
+    :func:`skfusion._utils.in_worker_process`), and in a thread of a pool: Dask's,
     a ``ThreadPoolExecutor`` (Dask's local scheduler, a fusion estimator encoding modalities
     in parallel) or a ``multiprocessing.pool.ThreadPool`` (joblib's threading backend): one
     bar per thread would overwrite each other.
@@ -43,8 +45,6 @@ def in_worker():
     >>> in_worker()
     False
     """
-    from .runtime._device import in_worker_process
-
     if in_worker_process():
         return True
     name = threading.current_thread().name

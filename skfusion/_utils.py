@@ -1,13 +1,21 @@
-"""Small helpers shared across skfusion: optional imports and missing-value detection."""
+"""Small helpers shared across skfusion: optional imports, missing-value detection, workers."""
 
 # SPDX-License-Identifier: BSD-3-Clause
 
 import importlib
+import multiprocessing
 import numbers
 
 import numpy as np
 
-__all__ = ["import_optional_dependency", "is_missing_item", "missing_mask_1d"]
+__all__ = [
+    "import_optional_dependency",
+    "in_worker_process",
+    "is_missing_item",
+    "missing_mask_1d",
+]
+
+_WORKER_PROCESS_PREFIXES = ("LokyProcess", "ForkPoolWorker", "SpawnPoolWorker", "Dask")
 
 _INSTALL_HINTS = {
     "torch": "torch==2.13.0",
@@ -86,3 +94,28 @@ def missing_mask_1d(values):
     if isinstance(values, np.ndarray) and values.dtype.kind in "iub":
         return np.zeros(values.shape[0], dtype=bool)
     return np.fromiter((is_missing_item(v) for v in values), dtype=bool, count=len(values))
+
+
+def in_worker_process():
+    """Whether this process is a worker of a parallel pool.
+
+    True in a child process (``multiprocessing.parent_process()`` is set: joblib's loky
+    workers, ``multiprocessing`` pools, ``ProcessPoolExecutor``, Dask's nanny-started workers)
+    and in a process whose name is a pool worker's (``LokyProcess``, ``ForkPoolWorker``,
+    ``SpawnPoolWorker``, ``Dask...``). Such workers get one ONNX Runtime thread by default and
+    draw no progress bars.
+
+    Returns
+    -------
+    worker : bool
+        True inside a worker process.
+
+    Examples
+    --------
+    >>> from skfusion._utils import in_worker_process
+    >>> in_worker_process()
+    False
+    """
+    if multiprocessing.parent_process() is not None:
+        return True
+    return multiprocessing.current_process().name.startswith(_WORKER_PROCESS_PREFIXES)

@@ -550,7 +550,7 @@ def predict_dask(
     >>> scores.compute(scheduler="sync")["prediction"].tolist()
     [0, 0, 0, 1, 1, 1]
     """
-    from .io import file_sha256
+    from .storage._hashing import file_sha256
 
     try:
         import dask.dataframe  # noqa: F401

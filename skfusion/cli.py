@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 
-from .runtime._store import _write_atomic, file_lock
+from .storage._files import file_lock, write_atomic
 
 __all__ = ["main"]
 
@@ -164,7 +164,7 @@ def _say(message):
 
 
 def _run_predict(args):
-    from .io import ModelFileError
+    from .exceptions import ModelFileError
 
     try:
         return _predict(args)
@@ -352,7 +352,7 @@ def _arrow_type(dtype):
 
 def _write_manifest(folder, manifest):
     data = json.dumps(manifest, indent=1).encode()
-    _write_atomic(os.path.join(folder, MANIFEST), data, private=False)
+    write_atomic(os.path.join(folder, MANIFEST), data, private=False)
 
 
 def _read_manifest(folder):
@@ -423,7 +423,8 @@ def _predict(args):
 
     from ._config import config_context
     from .batch import BatchPredictor
-    from .io import check_sha256, file_sha256
+    from .io import check_sha256
+    from .storage._hashing import file_sha256
 
     output = os.path.abspath(args.output.rstrip("/\\"))
     if _has_suffix(output, _PARQUET):
@@ -558,7 +559,7 @@ def _score(predictor, source, read, passthrough, schema, manifest, partial, args
             ]
             table = pa.Table.from_arrays(arrays, schema=schema)
             name = f"part-{len(parts):06d}{suffix}"
-            _write_atomic(
+            write_atomic(
                 os.path.join(partial, name), lambda fh: _write_table(table, fh, suffix),
                 private=False,
             )
@@ -571,7 +572,7 @@ def _score(predictor, source, read, passthrough, schema, manifest, partial, args
     if not parts:  # an empty input still gives a readable output: one part with no rows
         name = f"part-000000{suffix}"
         empty = schema.empty_table()
-        _write_atomic(
+        write_atomic(
             os.path.join(partial, name), lambda fh: _write_table(empty, fh, suffix),
             private=False,
         )

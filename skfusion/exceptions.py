@@ -2,7 +2,13 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-__all__ = ["EncodingError"]
+__all__ = [
+    "EncodingError",
+    "ModelBytesMismatchError",
+    "ModelFileError",
+    "ModelStoreIntegrityError",
+    "UntrustedTypesError",
+]
 
 
 class EncodingError(ValueError):
@@ -123,3 +129,60 @@ def _row_text(i, label):
     if hasattr(label, "item"):  # numpy scalars print as np.int64(11) otherwise
         label = label.item()
     return f"row {i}" if label == i else f"row {i} (index {label!r})"
+
+
+class ModelFileError(ValueError):
+    """A model file cannot be loaded: corrupt, not the format its extension says, or its
+    SHA-256 differs from the expected one.
+
+    Examples
+    --------
+    >>> from skfusion.exceptions import ModelFileError
+    >>> issubclass(ModelFileError, ValueError)
+    True
+    """
+
+
+class UntrustedTypesError(ModelFileError):
+    """A ``.skops`` file holds types that are not trusted; nothing was loaded.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    types : list of str
+        The untrusted types, by their full names.
+
+    Attributes
+    ----------
+    types : list of str
+        The untrusted types.
+
+    Examples
+    --------
+    >>> from skfusion.exceptions import UntrustedTypesError
+    >>> print(UntrustedTypesError("m.skops", ["mymodule.MyScaler"]))
+    m.skops holds types that skfusion does not trust by default: ['mymodule.MyScaler']. ...
+    """
+
+    def __init__(self, path, types):
+        self.types = list(types)
+        super().__init__(
+            f"{path} holds types that skfusion does not trust by default: {self.types!r}. "
+            "Loading builds these types, so check that you know them; then allow them with "
+            f"skfusion.load(path, trusted={self.types!r}) or `skfusion predict ... --trust "
+            f"{' --trust '.join(self.types)}`."
+        )
+
+
+class ModelBytesMismatchError(ValueError):
+    """The ONNX bytes an encoder carries are not the ones whose SHA-256 it recorded at fit."""
+
+
+class ModelStoreIntegrityError(RuntimeError):
+    """A model store entry does not verify and the caller cannot rebuild it.
+
+    Raised by the model store (:mod:`skfusion.storage`) without a builder when the entry does
+    not match the SHA-256 recorded when it was written (or has no record). The message names
+    the file.
+    """

@@ -27,12 +27,11 @@ import re
 import sys
 from pathlib import Path
 
-from .runtime._hashing import sha256_hex
-from .runtime._store import _write_atomic
+from .exceptions import ModelFileError, UntrustedTypesError
+from .storage._hashing import sha256_hex
+from .storage._files import write_atomic
 
 __all__ = [
-    "ModelFileError",
-    "UntrustedTypesError",
     "check_sha256",
     "dump",
     "file_sha256",
@@ -45,50 +44,6 @@ SIDECAR_SUFFIX = ".sha256"
 # rebuild an ONNX Runtime session aborts the interpreter instead of raising)
 _LIVE_PACKAGES = ("onnxruntime", "tokenizers", "torch", "sentence_transformers", "transformers")
 _HEX = re.compile(r"[0-9a-f]{64}")
-
-
-class ModelFileError(ValueError):
-    """A model file cannot be loaded: corrupt, not the format its extension says, or its
-    SHA-256 differs from the expected one.
-
-    Examples
-    --------
-    >>> from skfusion.io import ModelFileError
-    >>> issubclass(ModelFileError, ValueError)
-    True
-    """
-
-
-class UntrustedTypesError(ModelFileError):
-    """A ``.skops`` file holds types that are not trusted; nothing was loaded.
-
-    Parameters
-    ----------
-    path : str
-        The file.
-    types : list of str
-        The untrusted types, by their full names.
-
-    Attributes
-    ----------
-    types : list of str
-        The untrusted types.
-
-    Examples
-    --------
-    >>> from skfusion.io import UntrustedTypesError
-    >>> print(UntrustedTypesError("m.skops", ["mymodule.MyScaler"]))
-    m.skops holds types that skfusion does not trust by default: ['mymodule.MyScaler']. ...
-    """
-
-    def __init__(self, path, types):
-        self.types = list(types)
-        super().__init__(
-            f"{path} holds types that skfusion does not trust by default: {self.types!r}. "
-            "Loading builds these types, so check that you know them; then allow them with "
-            f"skfusion.load(path, trusted={self.types!r}) or `skfusion predict ... --trust "
-            f"{' --trust '.join(self.types)}`."
-        )
 
 
 class _NoTorch:
@@ -159,7 +114,7 @@ def file_sha256(path):
     ...     file_sha256(path)
     'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
     """
-    from .runtime._hashing import file_sha256 as sha256_of_file  # the one hashing helper
+    from .storage._hashing import file_sha256 as sha256_of_file  # the one hashing helper
 
     return sha256_of_file(path)
 
@@ -317,10 +272,10 @@ def dump(model, path):
         def write(fh):
             joblib.dump(model, fh)
 
-    _write_atomic(path, write, private=False)
+    write_atomic(path, write, private=False)
     digest = file_sha256(path)
     line = f"{digest}  {path.name}\n".encode()
-    _write_atomic(_sidecar(path), lambda fh: fh.write(line), private=False)
+    write_atomic(_sidecar(path), lambda fh: fh.write(line), private=False)
     return digest
 
 

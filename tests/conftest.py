@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from skfusion.datasets import load_audio_visual_digits, load_clothing_reviews
 from skfusion.encoders import AudioEncoder, ImageEncoder, TextEncoder
-from skfusion.runtime import estimator_fingerprint
+from skfusion.storage import estimator_fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,8 @@ import skfusion
 from skfusion.datasets import load_spoken_digits
 from skfusion.encoders import AudioEncoder
 from skfusion.encoders._base import EncodingError
-from skfusion.runtime import cache_clear, cached_transform
+from skfusion.storage import cache_clear
+from skfusion.storage._cache import cached_transform
 
 ALL_FEATURES = [
     "mfcc", "logmel", "chroma", "contrast", "centroid", "bandwidth", "rolloff", "flatness",

@@ -1,4 +1,4 @@
-"""Tests of the embedding cache (skfusion.runtime._cache) and skfusion's configuration."""
+"""Tests of the embedding cache (skfusion.storage._cache) and skfusion's configuration."""
 
 # SPDX-License-Identifier: BSD-3-Clause
 
@@ -25,15 +25,10 @@ from skfusion import EarlyFusion, FusionClassifier, LateFusionClassifier
 from skfusion.datasets import load_clothing_reviews
 from skfusion.encoders import TextEncoder
 from skfusion.fusion._dispatch import FUSION_TYPES
-from skfusion.runtime import (
-    cache_clear,
-    cache_info,
-    cached_encode,
-    cached_transform,
-    estimator_fingerprint,
-)
-from skfusion.runtime import _cache
-from skfusion.runtime._cache import _DiskLayer, _item_key, _row_bytes
+from skfusion.storage import cache_clear, cache_info, cached_encode, estimator_fingerprint
+from skfusion.storage._cache import cached_transform
+from skfusion.storage import _cache
+from skfusion.storage._cache import _DiskLayer, _item_key, _row_bytes
 
 
 def fresh_rows(enc, texts):
@@ -271,7 +266,8 @@ def test_disk_layer_serves_a_fresh_process_and_recovers_from_corruption(
             import sys, numpy as np
             sys.path.insert(0, {os.path.dirname(__file__)!r})
             from conftest import HashEmbedder
-            from skfusion.runtime import cached_transform, cache_info
+            from skfusion.storage import cache_info
+            from skfusion.storage._cache import cached_transform
             items = np.array({items!r}, dtype=object)
             out = cached_transform(HashEmbedder(log={log!r}).fit(None), items)
             assert np.array_equal(out, HashEmbedder().fit(None).transform(items))
@@ -579,7 +575,7 @@ def test_killed_encode_keeps_its_chunks_and_releases_the_cache_lock(tmp_path):
         f"""
         import time, numpy as np, skfusion
         from sklearn.base import BaseEstimator
-        from skfusion.runtime import cached_encode
+        from skfusion.storage import cached_encode
 
         class Slow(BaseEstimator):
             def _skfusion_fingerprint(self):

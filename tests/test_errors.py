@@ -25,7 +25,7 @@ from skfusion import (
 from skfusion.datasets import load_spoken_digits
 from skfusion.encoders import AudioEncoder, EncodingError, TextEncoder
 from skfusion.exceptions import EncodingError as PublicEncodingError
-from skfusion.runtime import cached_transform
+from skfusion.storage._cache import cached_transform
 
 pytestmark = pytest.mark.filterwarnings("ignore:AttentionFusion. the maximum number of iterations")
 

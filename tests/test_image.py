@@ -32,7 +32,8 @@ from skfusion import EarlyFusion
 from skfusion.encoders import ImageEncoder
 from skfusion.encoders._base import EncodingError
 from skfusion.encoders._image import MOBILENET_V2, builtin_onnx_bytes, load_image
-from skfusion.runtime import cache_clear, cached_transform
+from skfusion.storage import cache_clear
+from skfusion.storage._cache import cached_transform
 
 # ImageNet-1k class indices, as listed in pytorch/hub's imagenet_classes.txt
 # (https://github.com/pytorch/hub/blob/master/imagenet_classes.txt).
@@ -655,7 +656,7 @@ def test_fp16_on_cpu_against_fp32(encoder, samples, digit_images):
 def test_cuda_matches_cpu(encoder, samples, digit_images, quantize):
     import onnxruntime
 
-    from skfusion.runtime import uses_io_binding
+    from skfusion.runtime._session import uses_io_binding
     from skfusion.runtime._session import cuda_devices_hidden
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():

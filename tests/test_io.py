@@ -32,7 +32,7 @@ from skfusion import (
 )
 from skfusion.datasets import load_clothing_reviews
 from skfusion.encoders import ArrayEncoder, OnnxEncoder, TextEncoder
-from skfusion.io import ModelFileError, UntrustedTypesError
+from skfusion.exceptions import ModelFileError, UntrustedTypesError
 
 
 class Doubler(TransformerMixin, BaseEstimator):

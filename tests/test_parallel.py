@@ -26,7 +26,7 @@ from skfusion import (
 from skfusion.datasets import load_clothing_reviews
 from skfusion.encoders import TextEncoder
 from skfusion.fusion._dispatch import FUSION_TYPES
-from skfusion.runtime import cache_clear, cache_info
+from skfusion.storage import cache_clear, cache_info
 
 
 @pytest.fixture(scope="module")

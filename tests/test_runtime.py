@@ -13,20 +13,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from skfusion.runtime import (
-    LazySession,
-    content_hash,
-    default_intra_op_threads,
-    file_lock,
-    float16_model,
-    make_session,
-    model_store_dir,
-    resolve_providers,
-    run_session,
-    store_get_or_create,
-    store_path,
-    uses_io_binding,
-)
+from skfusion.runtime import default_intra_op_threads, LazySession, make_session, resolve_providers
+from skfusion.runtime._session import float16_model, run_session, uses_io_binding
+from skfusion.storage import model_store_dir
+from skfusion.storage._files import file_lock
+from skfusion.storage._hashing import content_hash
+from skfusion.storage._store import store_get_or_create, store_path
 from skfusion.runtime import _session
 from skfusion.runtime._session import cuda_devices_hidden
 
@@ -197,7 +189,7 @@ def test_store_two_processes(store_home):
     script = textwrap.dedent(
         """
         import os, sys, time
-        from skfusion.runtime import store_get_or_create
+        from skfusion.storage._store import store_get_or_create
 
         def build():
             open(os.path.join(sys.argv[1], f"built-{os.getpid()}"), "w").close()

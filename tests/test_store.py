@@ -1,4 +1,4 @@
-"""Tests of the verified model store and the file lock (skfusion.runtime._store)."""
+"""Tests of the verified model store and the file lock (skfusion.storage._store)."""
 
 # SPDX-License-Identifier: BSD-3-Clause
 
@@ -12,16 +12,12 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from skfusion.runtime import (
-    ModelStoreIntegrityError,
-    file_lock,
-    make_session,
-    store_entry,
-    store_get_or_create,
-    store_path,
-)
-from skfusion.runtime import _store
-from skfusion.runtime._hashing import sha256_hex
+from skfusion.exceptions import ModelStoreIntegrityError
+from skfusion.runtime import make_session
+from skfusion.storage._files import file_lock
+from skfusion.storage._store import store_entry, store_get_or_create, store_path
+from skfusion.storage import _store
+from skfusion.storage._hashing import sha256_hex
 
 
 def _affine_model(weight):
@@ -154,7 +150,7 @@ def test_a_killed_lock_holder_does_not_block_the_next_build(store_home):
     script = textwrap.dedent(
         """
         import sys, time
-        from skfusion.runtime import store_get_or_create
+        from skfusion.storage._store import store_get_or_create
 
         def build():
             open(sys.argv[1], "w").close()  # the lock is held now

@@ -28,14 +28,9 @@ from skfusion.datasets import load_clothing_reviews
 from skfusion.encoders import TextEncoder
 from skfusion.encoders._base import EncodingError
 from skfusion.encoders._text import default_text_model
-from skfusion.runtime import (
-    cache_clear,
-    cache_info,
-    l2_normalize,
-    pool_sequence,
-    resolve_providers,
-    uses_io_binding,
-)
+from skfusion.runtime import l2_normalize, pool_sequence, resolve_providers
+from skfusion.runtime._session import uses_io_binding
+from skfusion.storage import cache_clear, cache_info
 from skfusion.runtime._session import cuda_devices_hidden
 
 N_REVIEWS = 200

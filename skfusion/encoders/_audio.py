@@ -16,7 +16,7 @@ from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
 
 from .._progress import progress
-from ..runtime import estimator_fingerprint
+from ..storage import estimator_fingerprint
 from ._audio_features import (
     CONTRAST_FMIN,
     FeatureConfig,

@@ -40,7 +40,7 @@ from .._progress import progress
 from .._utils import import_optional_dependency
 from ..exceptions import EncodingError
 from ..runtime._device import resolve_device
-from ..runtime._hashing import sha256_hex
+from ..storage._hashing import sha256_hex
 from ..runtime._session import clear_session, make_session
 from ._base import scatter
 from ._text import _PIPELINE_VERSION, TextEncoder, _check_text_graph, _refuse_int8_on_cuda
@@ -433,7 +433,7 @@ class FineTunedTextEncoder(TextEncoder):
             if not isinstance(getattr(self.cv, "random_state", None), Integral):
                 return None
         from ..runtime._bert import BERT_GRAPH_SETTINGS
-        from ..runtime._hashing import new_hash
+        from ..storage._hashing import new_hash
 
         torch = _torch()
         folds = repr(self.cv) if cross_fit else None
@@ -808,7 +808,7 @@ def _memoised(key, compute):
     """``compute()``'s result, kept in the model store under ``key`` (see ``_memo_key``)."""
     import io
 
-    from ..runtime._store import store_entry
+    from ..storage._store import store_entry
 
     def build():
         result = compute()

@@ -44,7 +44,7 @@ _ORT_DTYPES = {
 
 def _export_builtin():
     """Build the built-in ONNX model from the packaged weights (needs torch, runs once)."""
-    from ..runtime._hashing import file_sha256
+    from ..storage._hashing import file_sha256
 
     path = builtin_weights_path()
     digest = file_sha256(path)
@@ -65,7 +65,7 @@ def builtin_onnx_entry():
     Exported on first use (needs torch once); the store checks the entry's SHA-256 whenever
     it is read, and rebuilds an entry that does not verify.
     """
-    from ..runtime import store_entry
+    from ..storage._store import store_entry
 
     return store_entry(builtin_store_key(), _export_builtin)
 
@@ -92,7 +92,8 @@ def float16_onnx_entry(model_bytes, builtin):
     sha256 : str
         Its SHA-256.
     """
-    from ..runtime import content_hash, store_entry
+    from ..storage._hashing import content_hash
+    from ..storage._store import store_entry
     from ..runtime._session import FLOAT16_SETTINGS, float16_model
 
     source = builtin_store_key() if builtin else f"model={content_hash(model_bytes)}"
@@ -339,7 +340,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     # --- model and session ---
     def _load_model(self):
         """The ONNX bytes that will run and their SHA-256."""
-        from ..runtime._hashing import sha256_hex
+        from ..storage._hashing import sha256_hex
 
         if self.model is None:
             model_bytes, sha = builtin_onnx_entry()
@@ -629,7 +630,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         other bytes, such as a model planted in the store before a repair, are never served.
         Before fit, by the built-in model's export settings or the user's model file.
         """
-        from ..runtime import estimator_fingerprint
+        from ..storage import estimator_fingerprint
         from ..runtime._session import FLOAT16_SETTINGS
 
         sha = getattr(self, "model_sha256_", None)

@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._progress import progress
-from ..runtime._hashing import file_digest, sha256_hex
+from ..storage._hashing import file_digest, sha256_hex
 from ..runtime._session import clear_session
 from ._base import (
     RawItemEncoderMixin,
@@ -238,7 +238,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             Digest of the class, output-affecting parameters, model content and the code of
             ``preprocess``.
         """
-        from ..runtime import estimator_fingerprint
+        from ..storage import estimator_fingerprint
 
         # fitted: the SHA-256 of the bytes that run (recorded at fit, checked before a session
         # is built); unfitted: the model file or bytes given, hashed by content

@@ -15,9 +15,9 @@ from sklearn.utils.validation import check_is_fitted
 from .._progress import progress
 from .._utils import import_optional_dependency
 from ..exceptions import EncodingError
-from ..runtime._cache import cached_encode
+from ..storage import cached_encode
 from ..runtime._device import resolve_device
-from ..runtime._hashing import sha256_hex
+from ..storage._hashing import sha256_hex
 from ..runtime._session import clear_session
 from ._base import RawItemEncoderMixin, column_values, pad_sequences, scatter, split_missing
 from ._text_batches import check_text, length_batches, run_length_batches, tokenize_texts
@@ -107,7 +107,7 @@ def _onnx_settings(info, quantize, normalize):
 
 def _stored_sha256(key):
     """SHA-256 of the verified model-store entry ``key``; None when it is absent or bad."""
-    from ..runtime._store import store_entry
+    from ..storage._store import store_entry
 
     try:
         return store_entry(key)[1]
@@ -384,7 +384,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         """
         settings = getattr(self, "_graph_settings", None)
         if settings is None:
-            from ..runtime import content_hash
+            from ..storage._hashing import content_hash
 
             settings = self._graph_settings = f"bytes={content_hash(self.onnx_model_)[:32]}"
         return settings
@@ -519,9 +519,9 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self.normalize_ = bool(self.normalize_embeddings)
 
     def _fit_onnx(self, info):
-        from ..runtime import store_get_or_create
+        from ..storage._store import store_get_or_create
         from ..runtime._bert import add_sentence_pooling, build_bert_onnx
-        from ..runtime._store import store_entry
+        from ..storage._store import store_entry
         from ..runtime._export import (
             EXPORT_SETTINGS,
             INT8_SETTINGS,

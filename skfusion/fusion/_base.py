@@ -33,7 +33,7 @@ from sklearn.utils.validation import (
 from .._utils import is_missing_item, missing_mask_1d
 from ..encoders._base import RawItemEncoderMixin
 from ..exceptions import EncodingError
-from ..runtime._cache import cached_transform
+from ..storage._cache import cached_transform
 
 __all__ = []
 

@@ -2,38 +2,9 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-import multiprocessing
-
 from .._utils import import_optional_dependency
 
-__all__ = ["in_worker_process", "resolve_device"]
-
-_WORKER_PROCESS_PREFIXES = ("LokyProcess", "ForkPoolWorker", "SpawnPoolWorker", "Dask")
-
-
-def in_worker_process():
-    """Whether this process is a worker of a parallel pool.
-
-    True in a child process (``multiprocessing.parent_process()`` is set: joblib's loky
-    workers, ``multiprocessing`` pools, ``ProcessPoolExecutor``, Dask's nanny-started workers)
-    and in a process whose name is a pool worker's (``LokyProcess``, ``ForkPoolWorker``,
-    ``SpawnPoolWorker``, ``Dask...``). Such workers get one ONNX Runtime thread by default and
-    draw no progress bars.
-
-    Returns
-    -------
-    worker : bool
-        True inside a worker process.
-
-    Examples
-    --------
-    >>> from skfusion.runtime._device import in_worker_process
-    >>> in_worker_process()
-    False
-    """
-    if multiprocessing.parent_process() is not None:
-        return True
-    return multiprocessing.current_process().name.startswith(_WORKER_PROCESS_PREFIXES)
+__all__ = ["resolve_device"]
 
 
 def resolve_device(device):

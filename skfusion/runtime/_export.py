@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._utils import import_optional_dependency
-from ._hashing import tree_hash
+from ..storage._hashing import tree_hash
 
 __all__ = [
     "EXPORT_SETTINGS",

@@ -9,14 +9,13 @@ import sys
 import threading
 import weakref
 
-from .._utils import import_optional_dependency
-from ._device import in_worker_process
-from ._hashing import sha256_hex
+from .._utils import import_optional_dependency, in_worker_process
+from ..exceptions import ModelBytesMismatchError
+from ..storage._hashing import sha256_hex
 
 __all__ = [
     "FLOAT16_SETTINGS",
     "LazySession",
-    "ModelBytesMismatchError",
     "SessionSlot",
     "clear_session",
     "default_intra_op_threads",
@@ -330,7 +329,7 @@ def uses_io_binding(session):
 
     Examples
     --------
-    >>> from skfusion.runtime import uses_io_binding
+    >>> from skfusion.runtime._session import uses_io_binding
     >>> class CpuSession:
     ...     def get_providers(self):
     ...         return ["CPUExecutionProvider"]
@@ -561,10 +560,6 @@ class LazySession:
             f"LazySession(<{len(self.model_bytes)} bytes>, device={self.device!r}, "
             f"intra_op_num_threads={self.intra_op_num_threads!r})"
         )
-
-
-class ModelBytesMismatchError(ValueError):
-    """The ONNX bytes an encoder carries are not the ones whose SHA-256 it recorded at fit."""
 
 
 class SessionSlot:

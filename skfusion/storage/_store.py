@@ -1,5 +1,5 @@
 """Content-addressed on-disk store for exported models (ONNX bytes), verified and safe across
-processes; also the file plumbing that the embedding cache shares (atomic writes, locks).
+processes.
 
 Every entry ``<sha256 of key>.bin`` has a record ``<sha256 of key>.bin.sha256`` (the entry's
 SHA-256, in ``sha256sum``'s format) written with it, and is checked against it when read: a
@@ -12,39 +12,19 @@ so a process killed while exporting never blocks the next one.
 # SPDX-License-Identifier: BSD-3-Clause
 
 import os
-import secrets
 import threading
-import time
 import warnings
 from pathlib import Path
 
-from ._hashing import content_hash, sha256_hex
+from ..exceptions import ModelStoreIntegrityError
+from ._files import file_lock, remove_orphan_temps, write_atomic
+from ._hashing import sha256_hex
 
-__all__ = [
-    "ModelStoreIntegrityError",
-    "content_hash",
-    "file_lock",
-    "model_store_dir",
-    "store_entry",
-    "store_get_or_create",
-    "store_path",
-]
+__all__ = ["model_store_dir", "store_entry", "store_get_or_create", "store_path"]
 
 # seconds to wait for another live process that builds the same entry, then build alongside it
 _LOCK_TIMEOUT_S = 600.0
-# temporary files older than this are left over by a killed writer and are deleted
-_ORPHAN_AGE_S = 3600.0
 _RECORD_SUFFIX = ".sha256"
-# a waiter tries a held lock this often (filelock polls; the default 50 ms delays hand-overs)
-_POLL_S = 0.01
-
-
-class ModelStoreIntegrityError(RuntimeError):
-    """A model store entry does not verify and the caller cannot rebuild it.
-
-    Raised by :func:`store_entry` without a builder when the entry does not match the SHA-256
-    recorded when it was written (or has no record). The message names the file.
-    """
 
 
 def model_store_dir():
@@ -62,7 +42,7 @@ def model_store_dir():
     Examples
     --------
     >>> import os
-    >>> from skfusion.runtime import model_store_dir
+    >>> from skfusion.storage import model_store_dir
     >>> os.environ["SKFUSION_HOME"] = "/tmp/skfusion-home"
     >>> str(model_store_dir())
     '/tmp/skfusion-home/models'
@@ -128,107 +108,8 @@ def _read_verified(path):
 def _write_entry(path, data, sha):
     # the record first: a writer killed in between leaves an entry that fails verification
     # (rebuilt) or none, never an unrecorded one that passes
-    _write_atomic(_record_path(path), f"{sha}  {path.name}\n".encode("ascii"))
-    _write_atomic(path, data)
-
-
-def _write_atomic(path, data, *, fsync=True, private=True):
-    """Write ``data`` (bytes, or a callable given the open file) to a temporary file beside
-    ``path``, then rename it there: readers see the old file, the new one, or none.
-
-    This is skfusion's one atomic-write helper. With ``private=True`` (store entries and cached
-    embeddings of users' data) the file is created with mode 0600, only its owner may read it;
-    with ``private=False`` (what users asked for: a saved model, scored batches, a manifest) it
-    gets the mode any new file gets, 0666 less the process's umask, as ``open(path, "w")``
-    would give it. The temporary name ends in ``.tmp`` so that :func:`_remove_orphan_temps`
-    finds what a killed writer left. ``fsync=False`` skips flushing to the device (cache rows:
-    a row lost in a power cut is verified away and recomputed).
-    """
-    path = Path(path)
-    # ``tempfile.mkstemp`` always creates 0600; ``os.open`` with O_EXCL and a mode lets the
-    # kernel apply the umask itself, without the process-wide ``os.umask`` read-and-reset
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = path.parent / f"{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, flags, 0o600 if private else 0o666)
-            break
-        except FileExistsError:  # pragma: no cover - a 48-bit name collision
-            continue
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if callable(data):
-                data(fh)
-            else:
-                fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _remove_orphan_temps(folder, *, max_age_s=_ORPHAN_AGE_S, now=None):
-    """Delete the ``*.tmp`` files directly in ``folder`` that are older than ``max_age_s``
-    (left by a writer that was killed between creating and renaming them). Returns their
-    number."""
-    now = time.time() if now is None else now
-    removed = 0
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return 0
-    for entry in entries:
-        if not entry.name.endswith(".tmp"):
-            continue
-        try:
-            if now - entry.stat(follow_symlinks=False).st_mtime > max_age_s:
-                os.unlink(entry.path)
-                removed += 1
-        except OSError:
-            pass
-    return removed
-
-
-def file_lock(path, *, timeout=-1):
-    """An exclusive lock between processes (and threads) on the file ``path``.
-
-    A ``filelock.FileLock`` (an OS lock: ``flock`` on POSIX, an OS file lock on Windows),
-    which the operating system releases when the process holding it dies, however it dies:
-    a killed holder never blocks the next one. The lock file is created with mode 0600 and
-    left in place (an unlocked file is harmless); a waiter tries it every 10 ms. Used as a
-    context manager; with a ``timeout`` (seconds, ``-1`` waits forever), acquiring raises
-    ``filelock.Timeout``.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The lock file.
-    timeout : float, default=-1
-        Seconds to wait for the lock; ``-1`` waits forever.
-
-    Returns
-    -------
-    lock : filelock.FileLock
-        The lock, to use as ``with file_lock(path): ...``.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> from skfusion.runtime import file_lock
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     with file_lock(os.path.join(tmp, "demo.lock")) as lock:
-    ...         lock.is_locked
-    True
-    """
-    from filelock import FileLock
-
-    return FileLock(os.fspath(path), timeout=timeout, mode=0o600, poll_interval=_POLL_S)
+    write_atomic(_record_path(path), f"{sha}  {path.name}\n".encode("ascii"))
+    write_atomic(path, data)
 
 
 def store_entry(key, build=None, *, timeout=_LOCK_TIMEOUT_S):
@@ -277,7 +158,7 @@ def store_entry(key, build=None, *, timeout=_LOCK_TIMEOUT_S):
     Examples
     --------
     >>> import os, tempfile
-    >>> from skfusion.runtime import store_entry, store_path
+    >>> from skfusion.storage._store import store_entry, store_path
     >>> os.environ["SKFUSION_HOME"] = tempfile.mkdtemp()
     >>> data, sha = store_entry("demo-v2", lambda: b"payload")
     >>> data, sha[:12]
@@ -332,7 +213,7 @@ def store_get_or_create(key, build, *, timeout=_LOCK_TIMEOUT_S):
     Examples
     --------
     >>> import os, tempfile
-    >>> from skfusion.runtime import store_get_or_create
+    >>> from skfusion.storage._store import store_get_or_create
     >>> os.environ["SKFUSION_HOME"] = tempfile.mkdtemp()
     >>> store_get_or_create("demo-v1", lambda: b"payload")
     b'payload'
@@ -395,7 +276,7 @@ def _build_locked(path, build):
         return data, sha
     if build is None:
         _refuse(path, problem)
-    _remove_orphan_temps(path.parent)
+    remove_orphan_temps(path.parent)
     if problem is not None:
         warnings.warn(
             f"skfusion's model store entry {path} {problem}; rebuilding it.",

@@ -54,7 +54,7 @@ from .._progress import progress
 from .._utils import is_missing_item
 from ..exceptions import EncodingError
 from ._hashing import file_digest, new_hash, sha256_hex, tree_hash
-from ._store import _remove_orphan_temps, _write_atomic, file_lock
+from ._files import file_lock, remove_orphan_temps, write_atomic
 
 __all__ = [
     "CacheInfo",
@@ -129,7 +129,7 @@ def estimator_fingerprint(estimator, *, ignore=(), model=None, extra=None):
     Examples
     --------
     >>> from sklearn.preprocessing import Normalizer
-    >>> from skfusion.runtime import estimator_fingerprint
+    >>> from skfusion.storage import estimator_fingerprint
     >>> estimator_fingerprint(Normalizer()) == estimator_fingerprint(Normalizer())
     True
     >>> estimator_fingerprint(Normalizer()) == estimator_fingerprint(Normalizer(norm="l1"))
@@ -341,7 +341,7 @@ class _DiskLayer:
         if self._spec != spec:
             if self._read_spec() != spec:  # the encoder's rows are the truth
                 meta = {"fingerprint": self.fingerprint, "dtype": spec[0], "shape": spec[1]}
-                _write_atomic(
+                write_atomic(
                     os.path.join(self.folder, _META), json.dumps(meta).encode(), fsync=False
                 )
             self._spec = spec
@@ -350,7 +350,7 @@ class _DiskLayer:
             path = self._path(key)
             _makedirs_private(os.path.dirname(path))
             data = _row_bytes(key, row)
-            _write_atomic(path, data, fsync=False)
+            write_atomic(path, data, fsync=False)
             written += len(data)
         _account(self.root, written, self.max_bytes)
 
@@ -410,9 +410,9 @@ def _sweep(root, max_bytes, *, now=None):
         with file_lock(os.path.join(root, ".sweep.lock"), timeout=0):
             rows = []
             for folder in _subfolders(root):
-                _remove_orphan_temps(folder, now=now)
+                remove_orphan_temps(folder, now=now)
                 for sub in _subfolders(folder):
-                    _remove_orphan_temps(sub, now=now)
+                    remove_orphan_temps(sub, now=now)
                     for entry in _entries(sub):
                         if entry.name.endswith(_ROW_SUFFIX):
                             try:
@@ -429,7 +429,7 @@ def _sweep(root, max_bytes, *, now=None):
                         break
                     _remove_quietly(path)
                     used -= size
-        _write_atomic(
+        write_atomic(
             os.path.join(root, _USAGE),
             json.dumps({"bytes": used, "time": now}).encode(),
             fsync=False,
@@ -498,7 +498,7 @@ def cache_info():
 
     Examples
     --------
-    >>> from skfusion.runtime import cache_info
+    >>> from skfusion.storage import cache_info
     >>> info = cache_info()
     >>> info.hits == info.memory_hits + info.disk_hits
     True
@@ -529,7 +529,7 @@ def cache_clear(*, disk=False):
 
     Examples
     --------
-    >>> from skfusion.runtime import cache_clear, cache_info
+    >>> from skfusion.storage import cache_clear, cache_info
     >>> cache_clear()
     >>> cache_info().rows
     0
@@ -725,7 +725,7 @@ def cached_encode(encoder, items, encode):
     --------
     >>> import numpy as np
     >>> from sklearn.base import BaseEstimator
-    >>> from skfusion.runtime import cached_encode, estimator_fingerprint
+    >>> from skfusion.storage import cached_encode, estimator_fingerprint
     >>> class Lengths(BaseEstimator):
     ...     def _skfusion_fingerprint(self):
     ...         return estimator_fingerprint(self)
@@ -810,7 +810,8 @@ def cached_transform(transformer, X):
     --------
     >>> import numpy as np
     >>> from sklearn.base import BaseEstimator, TransformerMixin
-    >>> from skfusion.runtime import cached_transform, estimator_fingerprint
+    >>> from skfusion.storage import estimator_fingerprint
+    >>> from skfusion.storage._cache import cached_transform
     >>> class Words(TransformerMixin, BaseEstimator):
     ...     def _skfusion_fingerprint(self):
     ...         return estimator_fingerprint(self)

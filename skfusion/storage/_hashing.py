@@ -31,7 +31,7 @@ def sha256_hex(data):
 
     Examples
     --------
-    >>> from skfusion.runtime._hashing import sha256_hex
+    >>> from skfusion.storage._hashing import sha256_hex
     >>> sha256_hex(b"")[:16]
     'e3b0c44298fc1c14'
     """
@@ -51,7 +51,7 @@ def file_sha256(path):
     Examples
     --------
     >>> import os, tempfile
-    >>> from skfusion.runtime._hashing import file_sha256
+    >>> from skfusion.storage._hashing import file_sha256
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     path = os.path.join(tmp, "empty")
     ...     open(path, "wb").close()
@@ -86,7 +86,7 @@ def tree_hash(path, *, skip=None):
     Examples
     --------
     >>> import os, tempfile
-    >>> from skfusion.runtime._hashing import tree_hash
+    >>> from skfusion.storage._hashing import tree_hash
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     with open(os.path.join(tmp, "w.bin"), "wb") as fh:
     ...         _ = fh.write(b"weights")
@@ -127,7 +127,7 @@ def content_hash(*parts):
 
     Examples
     --------
-    >>> from skfusion.runtime import content_hash
+    >>> from skfusion.storage._hashing import content_hash
     >>> len(content_hash(b"model bytes", "opset=17"))
     64
     >>> content_hash(b"a", "b") == content_hash(b"a", "b") != content_hash(b"ab")
