@@ -20,15 +20,17 @@ from skfusion.runtime import l2_normalize, make_session, pool_sequence
 from skfusion.runtime import _bert
 from skfusion.runtime._bert import (
     CPU_DISABLED_OPTIMIZERS,
-    _bert_weights,
-    _read_config,
     add_sentence_pooling,
     bert_graph_support,
     build_bert_onnx,
+    first_layer_only,
     numpy_bert_forward,
-    quantize_per_channel,
+    read_bert_config,
+    read_bert_weights,
     read_safetensors,
+    write_bert_graph,
 )
+from skfusion.runtime._graph import GraphWriter, quantize_per_channel
 from skfusion.runtime._export import (
     export_transformer_onnx,
     quantize_int8,
@@ -249,8 +251,8 @@ def test_padding_does_not_change_a_row(encoder, fused, reviews):
 
 
 def test_numpy_reference_agrees_with_the_graph(encoder, fused, reviews):
-    cfg = _read_config(read_sentence_transformer_folder(MODEL)["transformer_dir"])
-    weights = _bert_weights(read_sentence_transformer_folder(MODEL)["transformer_dir"], cfg)
+    cfg = read_bert_config(read_sentence_transformer_folder(MODEL)["transformer_dir"])
+    weights = read_bert_weights(read_sentence_transformer_folder(MODEL)["transformer_dir"], cfg)
     feeds = _feeds(encoder, reviews[:5])
     mask = feeds["attention_mask"].astype(bool)
     expected = numpy_bert_forward(
@@ -264,8 +266,8 @@ def test_int8_graph_follows_its_numpy_simulation(encoder, fused, reviews):
     """The int8 graph computes what numpy computes with the same per-token activation codes
     and per-channel weight codes."""
     folder = read_sentence_transformer_folder(MODEL)["transformer_dir"]
-    cfg = _read_config(folder)
-    weights = _bert_weights(folder, cfg)
+    cfg = read_bert_config(folder)
+    weights = read_bert_weights(folder, cfg)
     feeds = _feeds(encoder, reviews[:4])
     ids, mask = feeds["input_ids"], feeds["attention_mask"]
     keep = mask.astype(bool)
@@ -273,8 +275,8 @@ def test_int8_graph_follows_its_numpy_simulation(encoder, fused, reviews):
     # rounding boundary changes that one code only: the mean difference to the simulation is
     # a small part of the int8 error (measured 0.15%, at most 2.5% on other reviews; one
     # activation scale per batch: several times the int8 error itself)
-    small, local_ids = _bert._one_layer(weights, ids)
-    one_layer = _bert._write_graph(cfg, small, int8=True)
+    small, local_ids = first_layer_only(weights, ids)
+    one_layer = write_bert_graph(cfg, small, int8=True)
     got = _session(one_layer).run(["token_embeddings"], dict(feeds, input_ids=local_ids))[0]
     args = (cfg, small, local_ids, mask, feeds["token_type_ids"])
     simulated, exact = numpy_bert_forward(*args, int8=True), numpy_bert_forward(*args)
@@ -292,14 +294,14 @@ def test_the_build_check_rejects_one_scale_per_batch(monkeypatch):
     """Each build is checked against numpy; int8 activations quantised with one scale for the
     whole tensor (DynamicQuantizeMatMul's way: rows then depend on their batch) fail it."""
 
-    def per_tensor(g, x, width, name):
+    def per_tensor(g, x, width, name):  # a GraphWriter.quantize_rows of another kind
         high = g.node("ReduceMax", [x], f"{name}.max", keepdims=0)
         low = g.node("ReduceMin", [x], f"{name}.min", keepdims=0)
         absmax = g.node("Max", [high, g.node("Neg", [low], f"{name}.-min")], f"{name}.absmax")
         scale = g.node("Mul", [absmax, "rows.inv127"], f"{name}.scale")
         return g.node("QuantizeLinear", [x, scale, "rows.zp_scalar"], f"{name}.q"), scale
 
-    monkeypatch.setattr(_bert, "_quantize_rows", per_tensor)
+    monkeypatch.setattr(GraphWriter, "quantize_rows", per_tensor)
     with pytest.raises(RuntimeError, match="disagrees with the numpy reference"):
         build_bert_onnx(MODEL, "int8")
 
@@ -308,6 +310,87 @@ def test_building_needs_no_torch(monkeypatch, fused):
     for name in ("torch", "transformers", "sentence_transformers"):
         monkeypatch.setitem(sys.modules, name, None)
     assert build_bert_onnx(MODEL, "int8") == fused["int8"]
+
+
+def test_one_writer_for_every_graph(fused):
+    """Building, fine-tuning and the generic int8 rewrite write through one GraphWriter: the
+    fine-tuning path (write_bert_graph on the read weights) gives build_bert_onnx's bytes, and
+    quantize_int8 writes each product as the BERT graph's int8 products are written."""
+    folder = read_sentence_transformer_folder(MODEL)["transformer_dir"]
+    cfg = read_bert_config(folder)
+    weights = read_bert_weights(folder, cfg)
+    for q in (None, "int8"):
+        assert write_bert_graph(cfg, weights, int8=q == "int8") == fused[q]
+    weight = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    g = GraphWriter()
+    g.row_quantization_constants(zero_point_shape=(1,))
+    g.int8_product(g.quantize_rows("x", 16, "skfusion_int8.0"), weight, "skfusion_int8.0")
+    graph = onnx.load_from_string(quantize_int8(_matmul_model(weight, 2))).graph
+    written = [(n.op_type, list(n.input), list(n.output)) for n in g.nodes]
+    assert [(n.op_type, list(n.input), list(n.output)) for n in graph.node][: len(written)] == (
+        written
+    )
+    assert {i.name: i for i in graph.initializer}["skfusion_int8.0.w_int8"] == {
+        i.name: i for i in g.initializers
+    }["skfusion_int8.0.w_int8"]
+
+
+def _runtime_private_uses(path, package_root):
+    """(line, name) of each underscore name of another skfusion module that ``path`` imports
+    (or reads off an imported module) where either side is in ``skfusion.runtime``."""
+    import ast
+
+    relative = path.relative_to(package_root.parent).with_suffix("")
+    here = ".".join(relative.parts[:-1] if relative.name == "__init__" else relative.parts)
+    package = here if relative.name == "__init__" else here.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules, found = {}, []
+
+    def private(name):
+        return name.startswith("_") and not name.startswith("__")
+
+    def concerns_runtime(module):
+        return module != here and (
+            module.startswith("skfusion.runtime") or here.startswith("skfusion.runtime")
+        )
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if not module.startswith("skfusion"):
+                continue
+            for alias in node.names:
+                full = f"{module}.{alias.name}"
+                if (package_root.parent / full.replace(".", "/")).with_suffix(".py").exists():
+                    modules[alias.asname or alias.name] = full  # a module, not a name
+                elif private(alias.name) and concerns_runtime(module):
+                    found.append((node.lineno, full))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            module = modules.get(node.value.id)
+            if module and private(node.attr) and concerns_runtime(module):
+                found.append((node.lineno, f"{module}.{node.attr}"))
+    return found
+
+
+def test_no_module_uses_the_runtimes_private_names():
+    """The graph writer, the BERT graph and the sessions are reached through named functions:
+    no skfusion module imports an underscore name of a runtime module, and no runtime module
+    one of another module (the fine-tuning encoder used to reach five of the BERT module's)."""
+    from pathlib import Path
+
+    root = Path(skfusion.__file__).parent
+    found = {
+        f"{path.relative_to(root)}:{line}": name
+        for path in sorted(root.rglob("*.py"))
+        for line, name in _runtime_private_uses(path, root)
+    }
+    assert found == {}
 
 
 def test_per_channel_quantisation():
@@ -369,7 +452,7 @@ def test_other_models_fall_back_to_the_torch_export(tmp_path):
     with skfusion.config_context(cache=False):
         fitted = TextEncoder(root, backend="onnx").fit(["x"])
         got = fitted.transform(texts)
-        int8 = TextEncoder(root, backend="onnx", quantize="int8").fit(["x"])
+        int8 = TextEncoder(root, backend="onnx", precision="int8").fit(["x"])
         got8 = int8.transform(texts)
         alone = np.vstack([int8.transform([t]) for t in texts])
     assert fitted.onnx_graph_ == "torch-export"
@@ -432,7 +515,7 @@ def test_no_process_wide_side_effects_in_the_runtime():
     for path in root.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert "os.chdir" not in text, path
-    for name in ("_bert.py", "_export.py", "_session.py", "_device.py"):
+    for name in ("_bert.py", "_export.py", "_graph.py", "_session.py", "_device.py"):
         assert ".setLevel(" not in (root / "runtime" / name).read_text(encoding="utf-8"), name
 
 

@@ -83,7 +83,7 @@ def test_graph_matches_the_trained_layers(reviews, output, empty_store):
     """
     from unittest import mock
 
-    from skfusion.runtime._bert import _bert_weights, _read_config
+    from skfusion.runtime._bert import read_bert_config, read_bert_weights
 
     X, y, X_out, _ = reviews
     enc = FineTunedTextEncoder(n_tuned_layers=2, max_iter=1, output=output, random_state=0)
@@ -97,8 +97,8 @@ def test_graph_matches_the_trained_layers(reviews, output, empty_store):
     with mock.patch.object(_finetune, "_tune", spy):
         enc.fit(X[:200], y[:200])
     info, _ = enc._onnx_support(enc.model_name_or_path_)
-    cfg = _read_config(info["transformer_dir"])
-    weights = _bert_weights(info["transformer_dir"], cfg)
+    cfg = read_bert_config(info["transformer_dir"])
+    weights = read_bert_weights(info["transformer_dir"], cfg)
     encodings = enc._tokenize(list(X_out[:50]))
     states = enc._frozen_states(cfg, weights, encodings, list(range(50)))
     head = captured["head_weights"] if output == "decision" else None
@@ -183,7 +183,7 @@ def test_cross_fitted_rows_come_from_models_that_did_not_see_them(
     # two fold models on half the rows each, then one on all of them
     assert seen == [80, 80, 160]
     full = enc.transform(X)
-    assert oof.shape == full.shape == (160, 1) and enc.embedding_dim_ == 1
+    assert oof.shape == full.shape == (160, 1) and enc.n_features_out_ == 1
     assert not np.isnan(oof).any()
     # out-of-fold decision values are not the full model's (which saw every label)
     assert np.abs(oof - full).max() > 1e-3
@@ -259,15 +259,15 @@ def test_bad_text_names_its_row():
 def test_parameters_are_validated_and_cloned():
     with pytest.raises(InvalidParameterError, match="n_tuned_layers"):
         FineTunedTextEncoder(n_tuned_layers=0).fit(["a", "b"], [0, 1])
-    with pytest.raises(InvalidParameterError, match="quantize"):
-        FineTunedTextEncoder(quantize="fp16").fit(["a", "b"], [0, 1])
+    with pytest.raises(InvalidParameterError, match="precision"):
+        FineTunedTextEncoder(precision="fp16").fit(["a", "b"], [0, 1])
     enc = FineTunedTextEncoder(n_tuned_layers=2, cv=3, random_state=1)
     assert clone(enc).get_params() == enc.get_params()
     assert enc._skfusion_fingerprint() is None  # no output to name before fit
 
 
-@pytest.mark.parametrize("quantize", [None, "int8"])
-def test_rows_do_not_depend_on_the_batch(reviews, quantize):
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_rows_do_not_depend_on_the_batch(reviews, precision):
     """A text's decision value is the same alone, in a batch of 40 copies, at any batch size.
 
     Same process, same kernels: exact equality is the right check (DESIGN §8); the head's
@@ -276,7 +276,7 @@ def test_rows_do_not_depend_on_the_batch(reviews, quantize):
     X, y, _, _ = reviews
     X = list(X[:120]) + [X[5]] * 40
     y = np.r_[y[:120], [y[5]] * 40]
-    enc = FineTunedTextEncoder(max_iter=1, quantize=quantize, random_state=0).fit(X, y)
+    enc = FineTunedTextEncoder(max_iter=1, precision=precision, random_state=0).fit(X, y)
     together = enc.transform(X)
     alone = np.vstack([enc.transform([text]) for text in X[:30]])
     np.testing.assert_array_equal(together[:30], alone)

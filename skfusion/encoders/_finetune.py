@@ -6,7 +6,7 @@ is set) or its sentence embeddings.
 Fitting runs in three steps, each chosen for a 2-core CPU:
 
 1. the frozen lower layers run once, as a fused ONNX graph (:mod:`skfusion.runtime._bert`,
-   int8 with ``quantize="int8"``), over the training texts; their token states are kept in
+   int8 with ``precision="int8"``), over the training texts; their token states are kept in
    float16 (about 60 KB per text);
 2. torch trains only the top ``n_tuned_layers`` layers and a linear head on those states
    (AdamW, linear warm-up and decay, the model's own dropout), so an epoch costs the top
@@ -38,7 +38,6 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from .._progress import progress
 from .._utils import import_optional_dependency
-from ..exceptions import EncodingError
 from ..runtime._device import resolve_device
 from ..storage._hashing import sha256_hex
 from ..runtime._session import clear_session, make_session
@@ -118,7 +117,7 @@ class FineTunedTextEncoder(TextEncoder):
         transfers badly to the full model's rows, while every fold's decision values estimate
         the same target.
 
-    quantize : {None, "int8"}, default=None
+    precision : {"fp32", "int8"}, default="fp32"
         Number format of the frozen layers' states in training and of the tuned graph. int8
         trains the top layers on the states that the int8 graph will give them.
 
@@ -151,7 +150,7 @@ class FineTunedTextEncoder(TextEncoder):
 
     Attributes
     ----------
-    embedding_dim_ : int
+    n_features_out_ : int
         Columns of :meth:`transform`'s output.
 
     classes_ : ndarray of shape (n_classes,) or None
@@ -195,7 +194,7 @@ class FineTunedTextEncoder(TextEncoder):
         "max_seq_length": [Interval(Integral, 2, None, closed="left")],
         "output": [StrOptions({"decision", "embedding"})],
         "cv": ["cv_object", None],
-        "quantize": [StrOptions({"int8"}), None],
+        "precision": [StrOptions({"fp32", "int8"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "normalize_embeddings": ["boolean"],
         "device": [str],
@@ -216,7 +215,7 @@ class FineTunedTextEncoder(TextEncoder):
         max_seq_length=128,
         output="decision",
         cv=None,
-        quantize=None,
+        precision="fp32",
         batch_size=32,
         normalize_embeddings=False,
         device="auto",
@@ -233,7 +232,7 @@ class FineTunedTextEncoder(TextEncoder):
         self.max_seq_length = max_seq_length
         self.output = output
         self.cv = cv
-        self.quantize = quantize
+        self.precision = precision
         self.batch_size = batch_size
         self.normalize_embeddings = normalize_embeddings
         self.device = device
@@ -264,7 +263,7 @@ class FineTunedTextEncoder(TextEncoder):
             return None
         return (
             f"FineTunedTextEncoder|{_PIPELINE_VERSION}|output={self.output}|"
-            f"quantize={self.quantize}|max_seq_length={self.max_seq_length_}|"
+            f"quantize={self._quantize()}|max_seq_length={self.max_seq_length_}|"
             f"normalize={bool(self.normalize_)}|"
             f"model={self.model_hash_}|graph={self._graph_settings}|onnx={self.onnx_sha256_}"
         )
@@ -306,7 +305,7 @@ class FineTunedTextEncoder(TextEncoder):
 
         Returns
         -------
-        X_out : ndarray of shape (n_samples, ``embedding_dim_``), dtype float32
+        X_out : ndarray of shape (n_samples, ``n_features_out_``), dtype float32
             With ``cv``: each row from the model tuned on the folds without it. Without:
             ``fit(X, y).transform(X)``. Missing rows are NaN.
         """
@@ -314,7 +313,7 @@ class FineTunedTextEncoder(TextEncoder):
         return self.transform(X) if out is None else out
 
     def _fit(self, X, y, sample_weight, cross_fit):
-        from ..runtime._bert import _bert_weights, _read_config, bert_graph_support
+        from ..runtime._bert import bert_graph_support, read_bert_config, read_bert_weights
 
         if y is None:
             raise ValueError(
@@ -328,8 +327,9 @@ class FineTunedTextEncoder(TextEncoder):
                 "validation F1 0.939 against 0.952 on the clothing reviews). The decision "
                 "values of the fold models all estimate the same target."
             )
-        _refuse_int8_on_cuda(self.quantize, self.device)
-        n, present, texts, labels = self._split(X)
+        _refuse_int8_on_cuda(self._quantize(), self.device)
+        column = self._column(X)
+        n, present, texts, labels = column.n, column.present, column.items, column.labels
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != n:
             raise ValueError(f"y must be 1-D with one value per text ({n}); got shape {y.shape}")
@@ -346,8 +346,8 @@ class FineTunedTextEncoder(TextEncoder):
                 f"{type(self).__name__} tunes BERT sentence models, and cannot tune {name!r}: "
                 f"{reason}"
             )
-        cfg = _read_config(info["transformer_dir"])
-        weights = _bert_weights(info["transformer_dir"], cfg)
+        cfg = read_bert_config(info["transformer_dir"])
+        weights = read_bert_weights(info["transformer_dir"], cfg)
         n_layers = len(weights["layers"])
         if self.n_tuned_layers > n_layers:
             raise ValueError(
@@ -358,10 +358,8 @@ class FineTunedTextEncoder(TextEncoder):
         self.model_hash_ = self._model_hash(name)
         self._set_tokenizer(info, min(self.max_seq_length, info["max_seq_length"]))
 
-        try:
+        with column.naming_rows():  # a row of texts: name it in X
             encodings = self._tokenize(texts)
-        except EncodingError as exc:  # a row of texts: name it in X
-            raise exc.relocated(present, labels) from exc
         kept = [i for i, e in enumerate(encodings) if e is not None]
         target, task = self._encode_target(y[present][kept], labels, present, kept)
         w = sample_weight[present][kept]
@@ -378,9 +376,9 @@ class FineTunedTextEncoder(TextEncoder):
         self._write_tuned_graph(cfg, weights, result["layers"], result["head"])
         if not cross_fit:
             return None
-        rows = np.full((len(texts), self.embedding_dim_), np.nan, dtype=np.float32)
+        rows = np.full((len(texts), self.n_features_out_), np.nan, dtype=np.float32)
         rows[kept] = result["oof"]
-        return scatter(n, present, rows, self.embedding_dim_)
+        return scatter(n, present, rows, self.n_features_out_)
 
     def _tune_all(self, cfg, weights, encodings, kept, target, w, task, seed, cross_fit):
         """The frozen states, then the fold tunings (cross-fitting) and the tuning on all rows."""
@@ -449,7 +447,7 @@ class FineTunedTextEncoder(TextEncoder):
             f"classes={None if self.classes_ is None else self.classes_.tolist()!r}|"
             f"n_tuned_layers={self.n_tuned_layers}|max_iter={self.max_iter}|"
             f"learning_rate={self.learning_rate!r}|train_batch_size={self.train_batch_size}|"
-            f"max_seq_length={self.max_seq_length_}|quantize={self.quantize}|"
+            f"max_seq_length={self.max_seq_length_}|quantize={self._quantize()}|"
             f"output={self.output}|cv={folds}|seed={seed}|torch={torch.__version__}"
         )
         return f"finetune|{settings}|data={data.hexdigest()}"
@@ -511,18 +509,18 @@ class FineTunedTextEncoder(TextEncoder):
 
     def _frozen_states(self, cfg, weights, encodings, kept):
         """Token states after the frozen layers, one float16 (length, hidden) array per text."""
-        from ..runtime._bert import CPU_DISABLED_OPTIMIZERS, _write_graph
+        from ..runtime._bert import CPU_DISABLED_OPTIMIZERS, write_bert_graph
 
         frozen = len(weights["layers"]) - self.n_tuned_layers
-        graph = _write_graph(
+        graph = write_bert_graph(
             cfg,
             {"embeddings": weights["embeddings"], "layers": weights["layers"][:frozen]},
-            int8=self.quantize == "int8",
+            int8=self._quantize() == "int8",
         )
         _, workers = self._threads()
         session = make_session(
             graph,
-            device="cpu" if self.quantize == "int8" else self.device,
+            device="cpu" if self._quantize() == "int8" else self.device,
             intra_op_num_threads=1 if workers > 1 else None,
             disabled_optimizers=CPU_DISABLED_OPTIMIZERS,
         )
@@ -546,9 +544,9 @@ class FineTunedTextEncoder(TextEncoder):
         from ..runtime._bert import (
             BERT_GRAPH_SETTINGS,
             SENTENCE_POOLING_SETTINGS,
-            _check_against_numpy,
-            _write_graph,
             add_sentence_pooling,
+            check_bert_graph,
+            write_bert_graph,
         )
 
         frozen = len(weights["layers"]) - self.n_tuned_layers
@@ -556,9 +554,9 @@ class FineTunedTextEncoder(TextEncoder):
             "embeddings": weights["embeddings"],
             "layers": weights["layers"][:frozen] + list(tuned_layers),
         }
-        int8 = self.quantize == "int8"
-        model_bytes = _write_graph(cfg, full, int8=int8)
-        _check_against_numpy(model_bytes, cfg, full, int8=int8)
+        int8 = self._quantize() == "int8"
+        model_bytes = write_bert_graph(cfg, full, int8=int8)
+        check_bert_graph(model_bytes, cfg, full, int8=int8)
         pooling, normalize = self._pool_spec()
         model_bytes = add_sentence_pooling(model_bytes, pooling, normalize)
         if self.output == "decision":
@@ -567,29 +565,16 @@ class FineTunedTextEncoder(TextEncoder):
         self.onnx_sha256_ = sha256_hex(model_bytes)
         self.onnx_graph_ = "fused-bert"
         self._graph_settings = (
-            f"{BERT_GRAPH_SETTINGS}|quantize={self.quantize}|{SENTENCE_POOLING_SETTINGS}|"
+            f"{BERT_GRAPH_SETTINGS}|quantize={self._quantize()}|{SENTENCE_POOLING_SETTINGS}|"
             f"pooling={'+'.join(pooling)}|normalize={normalize}|output={self.output}|"
             f"{_TUNING_VERSION}"
         )
         lazy = self._onnx_session()
         _check_text_graph(lazy)
-        self.embedding_dim_ = int(self._run_onnx(["x"], "sentence_embedding")[0][1].shape[-1])
+        self.n_features_out_ = int(self._run_onnx(["x"], "sentence_embedding")[0][1].shape[-1])
 
-    def transform(self, X):
-        """The tuned model's decision values (or embeddings) of each text; missing rows: NaN.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples,)
-            Texts.
-
-        Returns
-        -------
-        X_out : ndarray of shape (n_samples, ``embedding_dim_``), dtype float32
-            Decision values (``output="decision"``) or embeddings.
-        """
+    def _check_fitted(self):
         check_is_fitted(self, "onnx_model_")
-        return super().transform(X)
 
 
 # --- torch: the top layers, trained on the frozen layers' states ---
@@ -781,7 +766,7 @@ def _append_head(model_bytes, W, b):
     computed in float32 in the graph (``W`` is (hidden, n_outputs)).
     """
     onnx = import_optional_dependency("onnx", purpose="writing the tuned text graph")
-    from ..runtime._bert import _GraphWriter
+    from ..runtime._graph import GraphWriter
 
     model = onnx.load_from_string(bytes(model_bytes))
     graph = model.graph
@@ -789,13 +774,12 @@ def _append_head(model_bytes, W, b):
         node.output[:] = [
             "skfusion.head.input" if o == "sentence_embedding" else o for o in node.output
         ]
-    g = _GraphWriter(onnx)
+    g = GraphWriter()
     product = g.node(
         "MatMul", ["skfusion.head.input", g.const("skfusion.head.W", W)], "skfusion.head.xw"
     )
     g.node("Add", [product, g.const("skfusion.head.b", b)], "sentence_embedding")
-    graph.node.extend(g.nodes)
-    graph.initializer.extend(g.initializers)
+    g.append_to(graph)
     for out in graph.output:
         if out.name == "sentence_embedding":
             dims = out.type.tensor_type.shape.dim

@@ -18,7 +18,8 @@ An item's output must not depend on the other items of its batch (DESIGN §8), s
   mate was longer. The masked kernel gives the same bits for a row at any padded width here,
   and costs no measurable time more at these lengths;
 * with ``quantize="int8"`` the activations are quantised *per row* (per token), not per
-  tensor (see :func:`_quantize_rows`), so the int8 codes of a token depend on that token only.
+  tensor (see :meth:`skfusion.runtime._graph.GraphWriter.quantize_rows`), so the int8 codes of a
+  token depend on that token only.
 
 With ``quantize="fp16"`` the float32 graph is converted to float16 (float32 inputs and
 outputs, see :func:`skfusion.runtime._session.float16_model`), for the CUDA provider.
@@ -38,7 +39,7 @@ The weights are read from ``model.safetensors`` with ``safetensors.numpy``, so b
 neither torch nor transformers. Each build is checked against a float64 numpy forward pass of
 the same weights, on a padded batch and on an unpadded one (float32: the two must also agree on
 the row they share; int8: a one-layer graph from the same writer must also match numpy doing
-the same quantisation, see ``_check_against_numpy``).
+the same quantisation, see ``check_bert_graph``).
 """
 
 # SPDX-License-Identifier: BSD-3-Clause
@@ -50,15 +51,23 @@ from pathlib import Path
 import numpy as np
 
 from .._utils import import_optional_dependency
+from ._graph import GraphWriter, quantize_per_channel
 from ._session import float16_model, make_session
 
 __all__ = [
     "BERT_GRAPH_SETTINGS",
+    "CPU_DISABLED_OPTIMIZERS",
     "SENTENCE_POOLING_SETTINGS",
     "add_sentence_pooling",
     "bert_graph_support",
     "build_bert_onnx",
+    "check_bert_graph",
+    "first_layer_only",
+    "numpy_bert_forward",
+    "read_bert_config",
+    "read_bert_weights",
     "read_safetensors",
+    "write_bert_graph",
 ]
 
 # Everything that changes the written bytes; part of the model-store key and of TextEncoder's
@@ -148,7 +157,8 @@ def read_safetensors(path):
     }
 
 
-def _read_config(transformer_dir):
+def read_bert_config(transformer_dir):
+    """The ``config.json`` of a Hugging Face model folder, as a dict."""
     with open(Path(transformer_dir) / "config.json", encoding="utf-8") as fh:
         return json.load(fh)
 
@@ -168,7 +178,7 @@ def bert_graph_support(transformer_dir):
     """
     root = Path(transformer_dir)
     try:
-        cfg = _read_config(root)
+        cfg = read_bert_config(root)
     except (OSError, ValueError) as exc:
         return f"no readable config.json ({exc})"
     checks = [
@@ -191,7 +201,29 @@ def bert_graph_support(transformer_dir):
     return None
 
 
-def _bert_weights(transformer_dir, cfg):
+def read_bert_weights(transformer_dir, cfg):
+    """The float32 weights of a BERT folder, laid out for :func:`write_bert_graph`.
+
+    Parameters
+    ----------
+    transformer_dir : str or path-like
+        The folder with ``model.safetensors``.
+    cfg : dict
+        Its ``config.json`` (:func:`read_bert_config`).
+
+    Returns
+    -------
+    weights : dict
+        ``"embeddings"`` (``word``, ``position``, ``type``, ``gamma``, ``beta``) and
+        ``"layers"``, one dict per layer with the products' weights as (in, out) arrays
+        (``qkv_w``, ``qkv_b``, ``attn_out_w``, ``attn_out_b``, ``ln1_g``, ``ln1_b``,
+        ``ffn_in_w``, ``ffn_in_b``, ``ffn_out_w``, ``ffn_out_b``, ``ln2_g``, ``ln2_b``).
+
+    Raises
+    ------
+    ValueError
+        When a weight is missing (the message names it).
+    """
     tensors = read_safetensors(Path(transformer_dir) / "model.safetensors")
     for prefix in _PREFIXES:
         if f"{prefix}embeddings.word_embeddings.weight" in tensors:
@@ -244,128 +276,6 @@ def _bert_weights(transformer_dir, cfg):
     return weights
 
 
-def quantize_per_channel(weight):
-    """Symmetric int8 quantisation of a (in, out) weight, one scale per output column.
-
-    Parameters
-    ----------
-    weight : ndarray of shape (n_in, n_out)
-        Float weights.
-
-    Returns
-    -------
-    q : ndarray of shape (n_in, n_out), dtype int8
-        Values in [-127, 127].
-    scale : ndarray of shape (n_out,), dtype float32
-        ``weight ≈ q * scale``.
-    """
-    scale = np.abs(weight).max(axis=0) / 127.0
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    q = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
-    return q, scale
-
-
-class _GraphWriter:
-    def __init__(self, onnx):
-        self.onnx = onnx
-        self.nodes, self.initializers = [], []
-
-    def const(self, name, array):
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
-        return name
-
-    def node(self, op, inputs, output, domain="", extra_outputs=(), **attrs):
-        self.nodes.append(
-            self.onnx.helper.make_node(
-                op,
-                inputs,
-                [output, *extra_outputs],
-                name=f"{output}/{op}",
-                domain=domain,
-                **attrs,
-            )
-        )
-        return output
-
-
-def _product(g, x, weight, name, bias=None):
-    """x @ weight (+ bias) in float32: MatMul (+ Add)."""
-    y = g.node("MatMul", [x, g.const(f"{name}.w", weight)], f"{name}.mm")
-    if bias is None:
-        return y
-    return g.node("Add", [y, g.const(f"{name}.b", bias)], f"{name}.out")
-
-
-def _quantize_rows(g, x, width, name):
-    """Per-row (per-token) symmetric dynamic quantisation of ``x`` (..., width) to uint8.
-
-    ``DynamicQuantizeMatMul`` picks one scale for the whole input tensor, i.e. for the whole
-    batch, so a text's int8 codes (and its embedding) changed with its batch mates and even
-    with its batch's padding. Here each row gets its own scale ``max|x_row| / 127``: a row's
-    codes depend on that row only, and a row with small values keeps its precision (more
-    accurate than one scale per tensor). The codes are ``round(x / scale) + 128`` (round half
-    to even) in uint8, i.e. signed values in [-127, 127] with zero point 128: ONNX Runtime's
-    fast integer products take uint8 activations, not int8.
-
-    Returns
-    -------
-    codes : str
-        uint8 tensor of x's shape.
-    scale : str
-        float32 tensor of shape (..., 1).
-    """
-    # max|x| from ReduceMax and ReduceMin (two reads) rather than ReduceMax(Abs(x)), which
-    # writes a full-size temporary; the floor keeps an all-zero row at scale > 0 (codes 128)
-    high = g.node("ReduceMax", [x, "rows.axis"], f"{name}.max", keepdims=1)
-    low = g.node("ReduceMin", [x, "rows.axis"], f"{name}.min", keepdims=1)
-    minus_low = g.node("Neg", [low], f"{name}.-min")
-    absmax = g.node("Max", [high, minus_low, "rows.floor"], f"{name}.absmax")
-    scale = g.node("Mul", [absmax, "rows.inv127"], f"{name}.scale")
-    # QuantizeLinear with one block per row (opset 21): the division, rounding, zero point
-    # and saturation in one pass. Its zero point must have the scale's shape.
-    zero = g.node("Expand", ["rows.zp", g.node("Shape", [scale], f"{name}.shape")], f"{name}.zp")
-    codes = g.node(
-        "QuantizeLinear", [x, scale, zero], f"{name}.q", axis=-1, block_size=int(width)
-    )
-    return codes, scale
-
-
-def row_quantization_constants(g, zero_point_shape=(1, 1, 1)):
-    """Add the constants that :func:`_quantize_rows` and :func:`_int8_product` refer to.
-
-    ``zero_point_shape`` is the shape of the zero point that ``Expand`` broadcasts to the
-    scale's shape: ``(1, 1, 1)`` in the BERT graph (its bytes are keyed by
-    ``BERT_GRAPH_SETTINGS``), ``(1,)`` for inputs of any rank.
-    """
-    g.const("rows.axis", np.array([-1], dtype=np.int64))
-    g.const("rows.floor", np.array(1e-30, dtype=np.float32))
-    g.const("rows.inv127", np.array(1.0 / 127.0, dtype=np.float32))
-    g.const("rows.zp", np.full(zero_point_shape, 128, dtype=np.uint8))
-    g.const("rows.zp_scalar", np.array(128, dtype=np.uint8))
-
-
-def _int8_product(g, rows, weight, name, bias=None):
-    """x @ weight (+ bias) from x's per-row codes: MatMulIntegerToFloat (+ Add).
-
-    The integer product is exact, then ONNX Runtime scales it by the weight's channel scales
-    and the row scales (a non-scalar A scale is applied to the output, bias included, so the
-    bias is added after the node rather than given to it).
-    """
-    codes, scale = rows
-    q, channel_scale = quantize_per_channel(weight)
-    inputs = [
-        codes,
-        g.const(f"{name}.w_int8", q),
-        scale,
-        g.const(f"{name}.w_scale", channel_scale),
-        "rows.zp_scalar",
-    ]
-    y = g.node("MatMulIntegerToFloat", inputs, f"{name}.mm", domain="com.microsoft")
-    if bias is None:
-        return y
-    return g.node("Add", [y, g.const(f"{name}.b", bias)], f"{name}.out")
-
-
 def _residual_norm(g, out, residual, gamma, beta, eps, name):
     """LayerNorm(out + residual): Add + LayerNormalization (not fused on CPU, see above)."""
     total = g.node("Add", [out, residual], f"{name}.sum")
@@ -373,11 +283,30 @@ def _residual_norm(g, out, residual, gamma, beta, eps, name):
     return g.node("LayerNormalization", inputs, name, axis=-1, epsilon=float(eps))
 
 
-def _write_graph(cfg, weights, int8):
-    onnx = import_optional_dependency("onnx", purpose="writing the BERT ONNX graph")
-    helper, TensorProto = onnx.helper, onnx.TensorProto
+def write_bert_graph(cfg, weights, int8=False):
+    """The fused ONNX graph of BERT weights, unchecked (:func:`build_bert_onnx` checks it).
+
+    Also what fine-tuning writes: the frozen lower layers alone, then the tuned weights.
+
+    Parameters
+    ----------
+    cfg : dict
+        The model's ``config.json`` (:func:`read_bert_config`).
+    weights : dict
+        From :func:`read_bert_weights`; its ``"layers"`` may be any of the model's layers
+        (the graph has as many).
+    int8 : bool, default=False
+        Write int8 weight products (per-row activations, per-channel weights).
+
+    Returns
+    -------
+    model_bytes : bytes
+        The serialized ONNX model: ``input_ids``, ``attention_mask``, ``token_type_ids`` to
+        ``token_embeddings``. The same weights and settings give the same bytes.
+    """
+    g = GraphWriter(purpose="writing the BERT ONNX graph")
+    helper, TensorProto = g.onnx.helper, g.onnx.TensorProto
     hidden, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
-    g = _GraphWriter(onnx)
     emb = weights["embeddings"]
     ids = g.node("Cast", ["input_ids"], "ids_int32", to=TensorProto.INT32)
     types = g.node("Cast", ["token_type_ids"], "types_int32", to=TensorProto.INT32)
@@ -399,20 +328,20 @@ def _write_graph(cfg, weights, int8):
         epsilon=float(eps),
     )
     if int8:
-        row_quantization_constants(g)
+        g.row_quantization_constants()
 
     def product(x, weight, name, bias=None, rows=None):
         if not int8:
-            return _product(g, x, weight, name, bias)
+            return g.product(x, weight, name, bias)
         if rows is None:  # x's per-row codes, unless the caller shares them
-            rows = _quantize_rows(g, x, weight.shape[0], f"{name}.x")
-        return _int8_product(g, rows, weight, name, bias)
+            rows = g.quantize_rows(x, weight.shape[0], f"{name}.x")
+        return g.int8_product(rows, weight, name, bias)
 
     for i, layer in enumerate(weights["layers"]):
         n = f"layer{i}"
         # q, k and v read the same input: quantise it once for the three int8 products.
         # Three products rather than one q|k|v product and a Split (measured faster).
-        rows = _quantize_rows(g, x, hidden, f"{n}.x") if int8 else None
+        rows = g.quantize_rows(x, hidden, f"{n}.x") if int8 else None
         q, k, v = (
             product(x, layer["qkv_w"][:, j * hidden : (j + 1) * hidden], f"{n}.{part}", rows=rows)
             for j, part in enumerate("qkv")
@@ -459,7 +388,7 @@ def _layer_norm(x, gamma, beta, eps):
 
 
 def _quantized_rows(x):
-    """x rounded to its per-row int8 grid, as :func:`_quantize_rows` does (for the reference)."""
+    """x rounded to its per-row int8 grid, as ``GraphWriter.quantize_rows`` does (reference)."""
     scale = np.maximum(np.abs(x).max(-1, keepdims=True), 1e-30) / 127.0
     return np.clip(np.rint(x / scale), -127, 127) * scale  # np.rint: half to even, as ONNX
 
@@ -472,7 +401,7 @@ def numpy_bert_forward(cfg, weights, ids, mask, types, int8=False):
     cfg : dict
         The model's ``config.json``.
     weights : dict
-        From ``_bert_weights``.
+        From :func:`read_bert_weights`.
     ids, mask, types : ndarray of shape (batch, sequence)
         Token ids, attention mask (1 = token), token type ids.
     int8 : bool, default=False
@@ -557,13 +486,13 @@ def build_bert_onnx(transformer_dir, quantize=None):
         )
     if quantize not in (None, "int8", "fp16"):
         raise ValueError(f"quantize must be None, 'int8' or 'fp16', got {quantize!r}")
-    cfg = _read_config(transformer_dir)
-    weights = _bert_weights(transformer_dir, cfg)
-    model_bytes = _write_graph(cfg, weights, int8=quantize == "int8")
-    _check_against_numpy(model_bytes, cfg, weights, int8=quantize == "int8")
+    cfg = read_bert_config(transformer_dir)
+    weights = read_bert_weights(transformer_dir, cfg)
+    model_bytes = write_bert_graph(cfg, weights, int8=quantize == "int8")
+    check_bert_graph(model_bytes, cfg, weights, int8=quantize == "int8")
     if quantize == "fp16":
         model_bytes = float16_model(model_bytes)
-        _check_against_numpy(model_bytes, cfg, weights, int8=False, fp16=True)
+        check_bert_graph(model_bytes, cfg, weights, int8=False, fp16=True)
     return model_bytes
 
 
@@ -571,16 +500,27 @@ def _token_cosine(a, b):
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def _one_layer(weights, ids):
+def first_layer_only(weights, ids):
     """The first layer of ``weights`` and the word embeddings of ``ids`` only, and the ids
-    renumbered into that table: a small graph for checking what each layer computes."""
+    renumbered into that table: a small graph for checking what each layer computes.
+
+    Returns
+    -------
+    weights : dict
+        As :func:`read_bert_weights` gives, with one layer.
+    ids : ndarray
+        ``ids`` as indices into the smaller word table.
+    """
     used, local = np.unique(ids, return_inverse=True)
     embeddings = dict(weights["embeddings"], word=weights["embeddings"]["word"][used])
     return {"embeddings": embeddings, "layers": weights["layers"][:1]}, local.reshape(ids.shape)
 
 
-def _check_against_numpy(model_bytes, cfg, weights, int8, fp16=False):
+def check_bert_graph(model_bytes, cfg, weights, int8=False, fp16=False):
     """Run the graph on a padded batch and on its first row alone, and compare with numpy.
+
+    :func:`build_bert_onnx` checks every build with it, fine-tuning its tuned graphs; it
+    raises a ``RuntimeError`` naming the difference when the graph fails.
 
     float16 (the float32 graph converted): every real token within cosine 0.999 of the
     float64 reference (measured 0.99999 on all-MiniLM-L6-v2: float16 keeps 11 significant
@@ -631,8 +571,8 @@ def _check_against_numpy(model_bytes, cfg, weights, int8, fp16=False):
         ok = worst >= 0.999
         what = f"float16: min token cosine {worst:.6f} to the float64 reference"
     elif int8:
-        small, local_ids = _one_layer(weights, ids)
-        _, _, layer = run(_write_graph(cfg, small, int8=True), local_ids)
+        small, local_ids = first_layer_only(weights, ids)
+        _, _, layer = run(write_bert_graph(cfg, small, int8=True), local_ids)
         simulated = reference(small, local_ids, int8=True)
         error = np.abs(layer - simulated).mean()
         budget = 0.1 * np.abs(simulated - reference(small, local_ids)).mean()
@@ -703,7 +643,7 @@ def add_sentence_pooling(model_bytes, pooling=("mean",), normalize=False):
     if not modes or unknown:
         raise ValueError(f"unknown pooling modes {sorted(unknown)} (or none given)")
 
-    g = _GraphWriter(onnx)
+    g = GraphWriter()
     p = "skfusion.pool"
     x = "token_embeddings"
     g.const(f"{p}.axis1", np.array([1], dtype=np.int64))
@@ -751,8 +691,7 @@ def add_sentence_pooling(model_bytes, pooling=("mean",), normalize=False):
         norm = g.node("Max", [norm, tiny], f"{p}.safe_norm")
         out = g.node("Div", [out, norm], f"{p}.normalized")
     g.node("Identity", [out], "sentence_embedding")
-    graph.node.extend(g.nodes)
-    graph.initializer.extend(g.initializers)
+    g.append_to(graph)
     dims = token.type.tensor_type.shape.dim
     batch, hidden = "batch", None
     if len(dims) == 3:

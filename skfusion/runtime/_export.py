@@ -21,6 +21,7 @@ from ..storage._hashing import tree_hash
 
 __all__ = [
     "EXPORT_SETTINGS",
+    "INT8_SETTINGS",
     "folder_hash",
     "export_transformer_onnx",
     "quantize_int8",
@@ -280,8 +281,8 @@ def quantize_int8(model_bytes):
     Every ``MatMul`` whose second input is a 2-D float32 initializer (a weight) becomes
     ``MatMulIntegerToFloat``: its activations quantised *per row* (symmetric, one scale per
     token, so that a row's codes do not depend on its batch mates) and its weight per output
-    channel, by the same writers as the fused BERT graph's int8 products
-    (:func:`skfusion.runtime._bert.quantize_per_channel`). The rewrite is done in memory with
+    channel, by the same writer as the fused BERT graph's int8 products
+    (:class:`skfusion.runtime._graph.GraphWriter`). The rewrite is done in memory with
     ``onnx``: no temporary files, no working-directory or logger changes. The default-domain
     opset is raised to 21 when lower (``QuantizeLinear``'s ``block_size``).
 
@@ -315,7 +316,7 @@ def quantize_int8(model_bytes):
     array([[18., 22., 26.]], dtype=float32)
     """
     onnx = import_optional_dependency("onnx", purpose="int8 quantisation")
-    from ._bert import _GraphWriter, _int8_product, _quantize_rows, row_quantization_constants
+    from ._graph import GraphWriter
 
     model = onnx.load_from_string(bytes(model_bytes))
     graph = model.graph
@@ -324,8 +325,8 @@ def quantize_int8(model_bytes):
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    g = _GraphWriter(onnx)
-    row_quantization_constants(g, zero_point_shape=(1,))
+    g = GraphWriter()
+    g.row_quantization_constants(zero_point_shape=(1,))
     nodes, replaced = [], set()
     for index, node in enumerate(graph.node):
         init = weights.get(node.input[1]) if node.op_type == "MatMul" else None
@@ -337,8 +338,8 @@ def quantize_int8(model_bytes):
             continue
         g.nodes = []
         name = f"skfusion_int8.{index}"
-        rows = _quantize_rows(g, node.input[0], weight.shape[0], name)
-        out = _int8_product(g, rows, weight, name)
+        rows = g.quantize_rows(node.input[0], weight.shape[0], name)
+        out = g.int8_product(rows, weight, name)
         g.node("Identity", [out], node.output[0])
         nodes.extend(g.nodes)
         uses[node.input[1]] -= 1
