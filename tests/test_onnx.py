@@ -23,6 +23,7 @@ import skfusion
 from skfusion.datasets import load_clothing_reviews
 from skfusion.encoders import OnnxEncoder, TextEncoder
 from skfusion.encoders._base import EncodingError
+from skfusion.runtime._session import held_session
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,7 +109,7 @@ def _token_encoder(token_model, **params):
         "preprocess": tokenize,
         "input_names": {"ids": "input_ids", "mask": "attention_mask"},
         "mask_key": "mask",
-        "output": "tokens",
+        "output_name": "tokens",
         "device": "cpu",
         **params,
     }
@@ -123,7 +124,7 @@ def test_array_model(double_model):
     np.testing.assert_array_equal(out[0], [2, 4, 6])
     np.testing.assert_array_equal(out[2], [0, 2, 1])
     assert np.isnan(out[[1, 3]]).all()
-    assert enc.embedding_dim_ == 3 and enc.output_name_ == "y" and enc.input_names_ == ["x"]
+    assert enc.n_features_out_ == 3 and enc.output_name_ == "y" and enc.input_names_ == ["x"]
     assert list(enc.get_feature_names_out()) == ["0", "1", "2"]
     series = pd.Series(X, index=list("abcd"), dtype=object)
     np.testing.assert_array_equal(enc.transform(series), out)
@@ -137,8 +138,8 @@ def test_path_pickle_and_set_output(double_model, tmp_path):
     first = enc.transform([[1, 2, 3]])
     path.unlink()  # the fitted encoder keeps the bytes
     restored = pickle.loads(pickle.dumps(enc))
-    assert enc._session_slot.current is not None  # the original holds a session
-    assert "_session_slot" not in restored.__dict__
+    assert held_session(enc) is not None  # the original holds a session
+    assert held_session(restored) is None  # a copy builds its own
     np.testing.assert_array_equal(restored.transform([[1, 2, 3]]), first)
     out = restored.set_output(transform="pandas").transform(
         pd.Series([[1, 1, 1], None], index=[5, 6])
@@ -160,9 +161,9 @@ def test_bad_models(double_model, tmp_path):
     with pytest.raises(ValueError, match="not a valid ONNX model"):
         OnnxEncoder(bad).fit([[1, 2, 3]])
     with pytest.raises(ValueError, match=r"no output 'z'; outputs: \['y'\]"):
-        OnnxEncoder(double_model, output="z").fit([[1, 2, 3]])
-    with pytest.raises(ValueError, match="output=3 but the model has outputs"):
-        OnnxEncoder(double_model, output=3).fit([[1, 2, 3]])
+        OnnxEncoder(double_model, output_name="z").fit([[1, 2, 3]])
+    with pytest.raises(ValueError, match="output_name=3 but the model has outputs"):
+        OnnxEncoder(double_model, output_name=3).fit([[1, 2, 3]])
     with pytest.raises(FileNotFoundError):
         OnnxEncoder(tmp_path / "absent.onnx").fit([[1, 2, 3]])
 
@@ -187,8 +188,8 @@ def test_sequence_pooling(token_model):
         assert out.shape == (4, 4) and np.isnan(out[2]).all()
         for i in (0, 1, 3):
             np.testing.assert_allclose(out[i], reduce(table[items[i]], axis=0), rtol=1e-6)
-    flat = _token_encoder(token_model, pooling="none").fit([[1, 2]])
-    assert flat.embedding_dim_ == 8
+    flat = _token_encoder(token_model, pooling="flatten").fit([[1, 2]])
+    assert flat.n_features_out_ == 8
     np.testing.assert_allclose(flat.transform([[1, 2]])[0], table[[1, 2]].ravel())
 
 
@@ -197,14 +198,14 @@ def test_mask_defaults_to_attention_mask(token_model):
         out = tokenize(items)
         return {"input_ids": out["ids"], "attention_mask": out["mask"]}
 
-    enc = OnnxEncoder(token_model[0], preprocess=tokenize_named, output="tokens", device="cpu")
+    enc = OnnxEncoder(token_model[0], preprocess=tokenize_named, output_name="tokens", device="cpu")
     out = enc.fit(TOKEN_ITEMS).transform(TOKEN_ITEMS)
     np.testing.assert_allclose(out[1], token_model[1][4], rtol=1e-6)  # padding ignored
 
 
 def test_output_by_index_and_batching(token_model):
-    by_index = _token_encoder(token_model, output=1).fit(TOKEN_ITEMS)
-    assert by_index.output_name_ == "first" and by_index.embedding_dim_ == 4
+    by_index = _token_encoder(token_model, output_name=1).fit(TOKEN_ITEMS)
+    assert by_index.output_name_ == "first" and by_index.n_features_out_ == 4
     one_by_one = clone(by_index).set_params(batch_size=1).fit(TOKEN_ITEMS)
     np.testing.assert_allclose(by_index.transform(TOKEN_ITEMS), one_by_one.transform(TOKEN_ITEMS))
     np.testing.assert_allclose(by_index.transform(TOKEN_ITEMS)[3], token_model[1][5])
@@ -231,7 +232,7 @@ def test_transform_sequence(token_model):
     assert mask.sum(axis=1).tolist() == [3, 1, 0, 5]
     np.testing.assert_allclose(values[0, :3], token_model[1][[1, 2, 3]])
     assert np.all(values[0, 3:] == 0) and np.isnan(values[2]).all()
-    flat = _token_encoder(token_model, output="first").fit(TOKEN_ITEMS)
+    flat = _token_encoder(token_model, output_name="first").fit(TOKEN_ITEMS)
     with pytest.raises(ValueError, match="needs a sequence output"):
         flat.transform_sequence(TOKEN_ITEMS)
 
@@ -244,7 +245,7 @@ def test_nchw_feature_map():
     )
     images = [np.arange(18, dtype=np.float32).reshape(2, 3, 3), None]
     enc = OnnxEncoder(model, device="cpu").fit(images)
-    assert enc.embedding_dim_ == 2
+    assert enc.n_features_out_ == 2
     out = enc.transform(images)
     np.testing.assert_allclose(out[0], [4.0, 13.0])
     values, mask = enc.transform_sequence(images)
@@ -336,7 +337,7 @@ def test_real_text_model_matches_text_encoder():
         return out
 
     texts = load_clothing_reviews().data["Review Text"].iloc[:40]
-    enc = OnnxEncoder(text_encoder.onnx_model_, preprocess=preprocess, output="token_embeddings")
+    enc = OnnxEncoder(text_encoder.onnx_model_, preprocess=preprocess, output_name="token_embeddings")
     got = enc.fit(texts).transform(texts)
     expected = text_encoder.transform(texts)
     assert np.isnan(got).any(axis=1).tolist() == np.isnan(expected).any(axis=1).tolist()

@@ -14,7 +14,16 @@ import pytest
 from onnx import TensorProto, helper
 
 from skfusion.runtime import default_intra_op_threads, LazySession, make_session, resolve_providers
-from skfusion.runtime._session import float16_model, run_session, uses_io_binding
+from skfusion.exceptions import ModelBytesMismatchError
+from skfusion.runtime._session import (
+    clear_session,
+    float16_model,
+    held_session,
+    lazy_session,
+    run_session,
+    uses_io_binding,
+)
+from skfusion.storage._hashing import sha256_hex
 from skfusion.storage import model_store_dir
 from skfusion.storage._files import file_lock
 from skfusion.storage._hashing import content_hash
@@ -142,6 +151,84 @@ def test_lazy_sessions_of_one_bytes_object_share_a_session(model_bytes):
     # both holders loaded from one pickle share it too
     c, d = pickle.loads(pickle.dumps([a, b]))
     assert c.model_bytes is d.model_bytes and c.session is d.session
+
+
+class _Owner:
+    """An encoder as far as lazy_session is concerned: any weak-referenceable object."""
+
+
+def test_an_owner_keeps_one_session_keyed_by_its_settings(model_bytes):
+    """lazy_session returns the held LazySession while the bytes object and every setting
+    that shapes the session are the same, and a new one when any changes."""
+    owner = _Owner()
+    settings = dict(device="cpu", intra_op_num_threads=1)
+    first = lazy_session(owner, model_bytes, **settings)
+    assert lazy_session(owner, model_bytes, **settings) is first
+    assert held_session(owner) is first
+    for change in (
+        {"intra_op_num_threads": 2},
+        {"disabled_optimizers": ("ConstantFolding",)},
+        {"expected_sha256": sha256_hex(model_bytes)},
+    ):
+        other = lazy_session(owner, model_bytes, **dict(settings, **change))
+        assert other is not first and held_session(owner) is other
+        first = lazy_session(owner, model_bytes, **settings)
+    copy = bytes(bytearray(model_bytes))  # equal bytes, another object (a refit)
+    assert lazy_session(owner, copy, **settings) is not first
+    assert lazy_session(owner, copy, **settings).model_bytes is copy
+    clear_session(owner)
+    assert held_session(owner) is None
+    x = np.zeros((1, 3), dtype=np.float32)
+    (y,) = lazy_session(owner, copy, **settings).run(["y"], {"x": x})
+    np.testing.assert_array_equal(y, x + 1)
+
+
+def test_an_owners_session_is_checked_against_its_recorded_hash(model_bytes):
+    owner = _Owner()
+    altered = model_bytes + b"\n"  # a trailing field: still a valid model, other bytes
+    with pytest.raises(ModelBytesMismatchError, match="_Owner's ONNX model bytes do not match"):
+        lazy_session(owner, altered, device="cpu", expected_sha256=sha256_hex(model_bytes))
+    assert held_session(owner) is None  # nothing kept, nothing built
+
+    def refuse(lazy):
+        assert lazy.input_names == ["x"]  # the check sees the built session
+        raise ValueError("not this one")
+
+    with pytest.raises(ValueError, match="not this one"):
+        lazy_session(owner, model_bytes, device="cpu", check=refuse)
+    assert held_session(owner) is None
+
+
+def test_an_owner_carries_no_session(model_bytes):
+    """Nothing is stored on the owner: its pickles and copies hold no session (they build their
+    own on first use), and its session goes when it goes."""
+    import copy
+    import gc
+    import weakref
+
+    owner = _Owner()
+    owner.model_bytes_ = model_bytes
+    lazy = lazy_session(owner, model_bytes, device="cpu", intra_op_num_threads=1)
+    lazy.session
+    assert vars(owner) == {"model_bytes_": model_bytes}
+    for twin in (copy.deepcopy(owner), pickle.loads(pickle.dumps(owner))):
+        assert held_session(twin) is None
+        assert lazy_session(twin, twin.model_bytes_, device="cpu") is not lazy
+    gone = weakref.ref(lazy)
+    del owner, lazy, twin
+    gc.collect()
+    assert gone() is None
+
+
+def test_concurrent_first_uses_get_one_session(model_bytes):
+    from concurrent.futures import ThreadPoolExecutor
+
+    owner = _Owner()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        held = list(
+            pool.map(lambda _: lazy_session(owner, model_bytes, device="cpu").session, range(32))
+        )
+    assert all(session is held[0] for session in held)
 
 
 def test_store_dir(monkeypatch, tmp_path):

@@ -29,7 +29,7 @@ from skfusion.encoders import TextEncoder
 from skfusion.encoders._base import EncodingError
 from skfusion.encoders._text import default_text_model
 from skfusion.runtime import l2_normalize, pool_sequence, resolve_providers
-from skfusion.runtime._session import uses_io_binding
+from skfusion.runtime._session import held_session, uses_io_binding
 from skfusion.storage import cache_clear, cache_info
 from skfusion.runtime._session import cuda_devices_hidden
 
@@ -88,7 +88,7 @@ def test_auto_picks_onnx(onnx_encoder):
     assert onnx_encoder.pooling_ == ("mean",)
     assert onnx_encoder.normalize_ is True  # all-MiniLM-L6-v2 has a Normalize module
     assert onnx_encoder.max_seq_length_ == 256
-    assert onnx_encoder.embedding_dim_ == 384
+    assert onnx_encoder.n_features_out_ == 384
 
 
 def test_onnx_matches_sentence_transformers(onnx_embeddings, reference):
@@ -104,7 +104,7 @@ def test_torch_backend_is_sentence_transformers(torch_encoder, reviews, referenc
 
 @pytest.fixture(scope="module")
 def int8_encoder():
-    return TextEncoder(quantize="int8").fit(["x"])
+    return TextEncoder(precision="int8").fit(["x"])
 
 
 def test_int8(onnx_encoder, int8_encoder, reviews, reference):
@@ -139,12 +139,12 @@ def varied_texts():
 
 @pytest.fixture(scope="module")
 def fp16_encoder():
-    return TextEncoder(quantize="fp16", device="cpu").fit(["x"])
+    return TextEncoder(precision="fp16", device="cpu").fit(["x"])
 
 
-@pytest.mark.parametrize("quantize", [None, "int8", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "fp16"])
 def test_rows_do_not_depend_on_the_batch(
-    quantize, varied_texts, onnx_encoder, int8_encoder, fp16_encoder
+    precision, varied_texts, onnx_encoder, int8_encoder, fp16_encoder
 ):
     """DESIGN §8: a text's embedding does not depend on the other texts of its batch, the
     batch size, the thread count or the embedding cache.
@@ -157,7 +157,7 @@ def test_rows_do_not_depend_on_the_batch(
     rows, wherever it is batched. Floats are not compared across CPUs or processes here. The
     fp16 graph on the CPU provider too (ONNX Runtime's casts are per value).
     """
-    fitted = {None: onnx_encoder, "int8": int8_encoder, "fp16": fp16_encoder}[quantize]
+    fitted = {"fp32": onnx_encoder, "int8": int8_encoder, "fp16": fp16_encoder}[precision]
     encoder = clone(fitted).set_params(device="cpu").fit(["x"])
 
     def encode(texts, batch_size, threads):
@@ -197,7 +197,7 @@ def test_fp16_on_cpu_against_fp32(onnx_encoder, fp16_encoder, reviews, onnx_embe
     assert _cosine(emb, reference).min() >= 0.999
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert len(fp16_encoder.onnx_model_) < 0.55 * len(onnx_encoder.onnx_model_)
-    assert fp16_encoder.embedding_dim_ == 384
+    assert fp16_encoder.n_features_out_ == 384
     # another number format, another output: the cache never mixes them
     assert fp16_encoder._skfusion_fingerprint() != onnx_encoder._skfusion_fingerprint()
     assert "quantize=fp16" in fp16_encoder._skfusion_fingerprint()
@@ -247,11 +247,11 @@ def test_int8_is_refused_on_cuda(cuda_build, int8_encoder, reviews):
     do, at fit and after set_params; with device="auto" they run on the CPU, even where auto
     picks CUDA for the other formats."""
     assert resolve_providers("auto")[0] == "CUDAExecutionProvider"  # a GPU host, as it looks
-    match = r"quantize='int8' runs on the CPU only, but device='cuda:0' asks for CUDA"
+    match = r"precision='int8' runs on the CPU only, but device='cuda:0' asks for CUDA"
     with pytest.raises(ValueError, match=match):
-        TextEncoder(quantize="int8", device="cuda:0").fit(["x"])
+        TextEncoder(precision="int8", device="cuda:0").fit(["x"])
     moved = pickle.loads(pickle.dumps(int8_encoder)).set_params(device="cuda")
-    with pytest.raises(ValueError, match="use quantize='fp16'"):
+    with pytest.raises(ValueError, match="use precision='fp16'"):
         moved.transform(["a text"])
     auto = pickle.loads(pickle.dumps(int8_encoder))
     assert auto.device == "auto" and auto._session_device() == "cpu"
@@ -261,13 +261,13 @@ def test_int8_is_refused_on_cuda(cuda_build, int8_encoder, reviews):
     np.testing.assert_array_equal(auto.transform(texts), int8_encoder.transform(texts))
 
 
-def test_quantize_values(onnx_encoder):
+def test_precision_values(onnx_encoder):
     from sklearn.utils._param_validation import InvalidParameterError
 
-    with pytest.raises(InvalidParameterError, match="quantize"):
-        TextEncoder(quantize="int4").fit(["x"])
-    with pytest.raises(ValueError, match="quantize='fp16' needs the ONNX backend"):
-        TextEncoder(backend="torch", quantize="fp16").fit(["x"])
+    with pytest.raises(InvalidParameterError, match="precision"):
+        TextEncoder(precision="int4").fit(["x"])
+    with pytest.raises(ValueError, match="precision='fp16' needs the ONNX backend"):
+        TextEncoder(backend="torch", precision="fp16").fit(["x"])
 
 
 def test_pads_to_longest_in_batch(onnx_encoder):
@@ -399,7 +399,7 @@ def test_onnx_bytes_are_checked_against_the_hash_recorded_at_fit(onnx_encoder):
     altered = _replace_model(onnx_encoder, bytes(flipped), record=False)
     with pytest.raises(ValueError, match="TextEncoder's ONNX model bytes do not match"):
         altered.transform(["text"])
-    assert altered.__dict__.get("_session_slot") is None or altered._session_slot.current is None
+    assert held_session(altered) is None
 
 
 def test_fingerprint_holds_the_sha256_of_the_bytes_that_run(onnx_encoder, int8_encoder):
@@ -429,8 +429,8 @@ def test_wrong_onnx_model(onnx_encoder):
 def test_onnx_backend_needs_a_sentence_transformers_folder(tmp_path):
     with pytest.raises(ValueError, match="backend='onnx' cannot serve .*modules.json"):
         TextEncoder(str(tmp_path), backend="onnx").fit(["x"])
-    with pytest.raises(ValueError, match="quantize='int8' needs the ONNX backend"):
-        TextEncoder(backend="torch", quantize="int8").fit(["x"])
+    with pytest.raises(ValueError, match="precision='int8' needs the ONNX backend"):
+        TextEncoder(backend="torch", precision="int8").fit(["x"])
 
 
 def test_cuda_without_gpu_is_an_error():
@@ -467,13 +467,13 @@ def test_fit_from_the_store_needs_no_torch(monkeypatch, onnx_encoder):
 def test_pickle_round_trip(encoder, reviews):
     texts = reviews[0][:5]
     encoder.transform(texts)  # a session (ONNX) or model (torch) is held now
-    held = {key for key in ("_model", "_tok", "_session_slot") if key in encoder.__dict__}
-    assert held
+    held = {key for key in ("_model", "_tok") if key in encoder.__dict__}
+    assert held or held_session(encoder) is not None
     restored = pickle.loads(pickle.dumps(encoder))
     assert held <= set(encoder.__dict__)  # pickling leaves the live encoder as it was
     for key in ("_model", "_tok"):
         assert key not in restored.__dict__
-    assert "_session_slot" not in restored.__dict__  # sessions never travel in a pickle
+    assert held_session(restored) is None  # sessions never travel in a pickle
     np.testing.assert_allclose(restored.transform(texts), encoder.transform(texts), atol=1e-6)
 
 
@@ -535,7 +535,7 @@ def test_fit_returns_self_and_attributes(encoder):
 def test_clone_keeps_params_only(onnx_encoder):
     twin = clone(onnx_encoder)
     assert twin.get_params() == onnx_encoder.get_params()
-    assert not hasattr(twin, "embedding_dim_")
+    assert not hasattr(twin, "n_features_out_")
 
 
 def test_input_containers_agree(encoder, reviews):
@@ -610,11 +610,11 @@ def _skip_without_ort_cuda():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("quantize, bound", [(None, 0.99999), ("fp16", 0.999)])
-def test_onnx_on_cuda_matches_cpu(onnx_embeddings, reviews, quantize, bound):
+@pytest.mark.parametrize("precision, bound", [("fp32", 0.99999), ("fp16", 0.999)])
+def test_onnx_on_cuda_matches_cpu(onnx_embeddings, reviews, precision, bound):
     """The CUDA provider end to end: IOBinding, pooled rows only, against the CPU fp32 path."""
     _skip_without_ort_cuda()
-    gpu = TextEncoder(backend="onnx", device="cuda", quantize=quantize).fit(["x"])
+    gpu = TextEncoder(backend="onnx", device="cuda", precision=precision).fit(["x"])
     session = gpu._onnx_session().session
     assert session.get_providers()[0] == "CUDAExecutionProvider"
     assert uses_io_binding(session)

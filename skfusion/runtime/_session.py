@@ -1,4 +1,16 @@
-"""ONNX Runtime sessions: device → execution providers, thread settings, lazy pickle-safe holder."""
+"""ONNX Runtime sessions: device → execution providers, thread settings, and their holder.
+
+Three steps from bytes to a running session, each for one reason:
+
+* :func:`make_session` builds an ``InferenceSession`` with skfusion's settings (providers,
+  threads, optimisers, CUDA libraries);
+* :class:`LazySession` holds the bytes and the settings: it builds its session on first use
+  (thread-safe), never pickles it, shares it with the holders of the same bytes object and
+  settings in the process, and runs CUDA sessions through an IOBinding (:func:`run_session`);
+* :func:`lazy_session` keeps each encoder's current :class:`LazySession`, keyed by the
+  settings that shape it (a new one when one changes), checks the bytes against the SHA-256
+  recorded at fit, and keeps nothing on the encoder (nothing to pickle or to copy).
+"""
 
 # SPDX-License-Identifier: BSD-3-Clause
 
@@ -16,10 +28,10 @@ from ..storage._hashing import sha256_hex
 __all__ = [
     "FLOAT16_SETTINGS",
     "LazySession",
-    "SessionSlot",
     "clear_session",
     "default_intra_op_threads",
     "float16_model",
+    "held_session",
     "lazy_session",
     "make_session",
     "resolve_providers",
@@ -425,35 +437,13 @@ def float16_model(model_bytes, op_block_list=None):
     return converted.SerializeToString()
 
 
-# Sessions by (process, bytes object, settings), alive while a LazySession holds them. The
-# key uses the bytes object's id: while its session lives, a holder keeps those bytes alive,
-# so the id cannot be reused by other bytes (and the entry is checked against the object).
-_sessions = weakref.WeakValueDictionary()
-_sessions_lock = threading.Lock()
-_sessions_bytes = {}
-
-
-def _shared_session(model_bytes, device, threads, disabled):
-    key = (os.getpid(), id(model_bytes), len(model_bytes), device, threads, disabled)
-    with _sessions_lock:
-        session = _sessions.get(key)
-        if session is not None and _sessions_bytes.get(key) is model_bytes:
-            return session
-        session = make_session(
-            model_bytes, device=device, intra_op_num_threads=threads, disabled_optimizers=disabled
-        )
-        _sessions[key] = session
-        _sessions_bytes[key] = model_bytes
-        weakref.finalize(session, _sessions_bytes.pop, key, None)
-    return session
-
-
 class LazySession:
     """A picklable holder of ONNX model bytes that builds its session on first use.
 
     The ``InferenceSession`` itself cannot be pickled, so it is dropped by ``__getstate__``
     and rebuilt from the bytes after unpickling (e.g. in a joblib worker, or after
-    ``joblib.load``). Building is thread-safe.
+    ``joblib.load``). Building is thread-safe, and holders of the same bytes object with the
+    same settings share one session in a process (see :attr:`session`).
 
     Parameters
     ----------
@@ -484,6 +474,14 @@ class LazySession:
     'cpu'
     """
 
+    # Built sessions by (process, bytes object, settings), alive while a holder keeps them.
+    # The key holds the bytes object's id: a holder keeps its bytes alive as long as its
+    # session lives, so the id cannot be reused by other bytes meanwhile (and an entry is
+    # checked against the object all the same).
+    _shared = weakref.WeakValueDictionary()
+    _shared_bytes = {}
+    _shared_lock = threading.Lock()
+
     def __init__(
         self, model_bytes, device="auto", intra_op_num_threads=None, disabled_optimizers=()
     ):
@@ -506,13 +504,34 @@ class LazySession:
         if self._session is None:
             with self._lock:
                 if self._session is None:
-                    self._session = _shared_session(
-                        self.model_bytes,
-                        self.device,
-                        self.intra_op_num_threads,
-                        tuple(getattr(self, "disabled_optimizers", ())),
-                    )
+                    self._session = self._shared_session()
         return self._session
+
+    def _shared_session(self):
+        model_bytes, threads = self.model_bytes, self.intra_op_num_threads
+        key = (
+            os.getpid(),
+            id(model_bytes),
+            len(model_bytes),
+            self.device,
+            threads,
+            self.disabled_optimizers,
+        )
+        shared, shared_bytes = LazySession._shared, LazySession._shared_bytes
+        with LazySession._shared_lock:
+            session = shared.get(key)
+            if session is not None and shared_bytes.get(key) is model_bytes:
+                return session
+            session = make_session(
+                model_bytes,
+                device=self.device,
+                intra_op_num_threads=threads,
+                disabled_optimizers=self.disabled_optimizers,
+            )
+            shared[key] = session
+            shared_bytes[key] = model_bytes
+            weakref.finalize(session, shared_bytes.pop, key, None)
+        return session
 
     @property
     def input_names(self):
@@ -562,150 +581,64 @@ class LazySession:
         )
 
 
-class SessionSlot:
-    """One owner's lazily built ONNX session, rebuilt whenever a setting that shapes it changes.
-
-    An encoder keeps one slot (see :func:`lazy_session`). :meth:`get` returns a
-    :class:`LazySession` for the given bytes and settings; the session is keyed by everything
-    that affects it: the SHA-256 of the model bytes, the device (and so the execution
-    providers), the intra-op thread count and the disabled graph optimisers. Another value of
-    any of them (``set_params(intra_op_num_threads=2)``, new bytes after a refit) gives a new
-    session; the same values return the held one without hashing the bytes again. Thread-safe.
-    A slot pickles empty: the session is never in a pickle, and is rebuilt on first use after
-    unpickling (e.g. in a joblib worker).
-
-    Examples
-    --------
-    >>> import pickle
-    >>> from skfusion.runtime._session import SessionSlot
-    >>> slot = SessionSlot()
-    >>> slot.current is None
-    True
-    >>> pickle.loads(pickle.dumps(slot)).current is None
-    True
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._key = None
-        self._bytes = None
-        self._lazy = None
-
-    @property
-    def current(self):
-        """The :class:`LazySession` held now, or None."""
-        return self._lazy
-
-    def get(
-        self,
-        model_bytes,
-        *,
-        device="auto",
-        intra_op_num_threads=None,
-        disabled_optimizers=(),
-        expected_sha256=None,
-        owner="this encoder",
-        check=None,
-    ):
-        """The :class:`LazySession` for ``model_bytes`` with these settings.
-
-        Parameters
-        ----------
-        model_bytes : bytes
-            The serialized ONNX model.
-        device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
-            See :func:`resolve_providers`.
-        intra_op_num_threads : int, default=None
-            See :func:`make_session`.
-        disabled_optimizers : sequence of str, default=()
-            See :func:`make_session`.
-        expected_sha256 : str, default=None
-            The SHA-256 recorded when the bytes were fitted. Before a session is built the
-            bytes are hashed and compared with it: a difference raises
-            :class:`ModelBytesMismatchError` naming ``owner``. None skips the check.
-        owner : str, default="this encoder"
-            How error messages name the encoder.
-        check : callable, default=None
-            ``check(lazy)`` is called once on each new :class:`LazySession` (e.g. to check
-            its inputs and outputs); what it raises is raised and nothing is kept.
-
-        Returns
-        -------
-        lazy : LazySession
-            Its ``.session`` builds on first access (shared with other holders of the same
-            bytes object and settings in this process).
-        """
-        device = str(device)
-        threads = None if intra_op_num_threads is None else int(intra_op_num_threads)
-        disabled = tuple(disabled_optimizers)
-        with self._lock:
-            if self._bytes is model_bytes and self._key is not None:
-                digest = self._key[0]
-                key = (digest, resolve_providers(device), device, threads, disabled)
-                if key == self._key:
-                    return self._lazy
-            digest = sha256_hex(model_bytes)
-            if expected_sha256 is not None and digest != expected_sha256:
-                raise ModelBytesMismatchError(
-                    f"{owner}'s ONNX model bytes do not match the SHA-256 recorded at fit "
-                    f"(recorded {expected_sha256[:16]}..., found {digest[:16]}...): the model "
-                    "was altered after fitting. Refit the encoder, or load the model you saved."
-                )
-            key = (digest, resolve_providers(device), device, threads, disabled)
-            lazy = LazySession(model_bytes, device, threads, disabled)
-            if check is not None:
-                check(lazy)
-            self._key, self._bytes, self._lazy = key, model_bytes, lazy
-            return lazy
-
-    def clear(self):
-        """Drop the held session (the next :meth:`get` builds a new one)."""
-        with self._lock:
-            self._key = self._bytes = self._lazy = None
-
-    def __getstate__(self):
-        return {}
-
-    def __setstate__(self, state):
-        self.__init__()
-
-    def __deepcopy__(self, memo):
-        return SessionSlot()
-
-    def __repr__(self):
-        return f"SessionSlot({self._lazy!r})"
+# Each owner's current session: owner -> (the bytes object, the settings, its LazySession).
+# Kept beside the owner, not on it, so nothing of it is pickled, copied or cloned with the
+# owner, and it goes when the owner goes.
+_held = weakref.WeakKeyDictionary()
+_held_lock = threading.Lock()
 
 
-_slot_lock = threading.Lock()
+def lazy_session(
+    owner,
+    model_bytes,
+    *,
+    device="auto",
+    intra_op_num_threads=None,
+    disabled_optimizers=(),
+    expected_sha256=None,
+    check=None,
+):
+    """The owner's :class:`LazySession` for ``model_bytes`` with these settings.
 
-
-def lazy_session(owner, model_bytes, *, attribute="_session_slot", **settings):
-    """The owner's keyed, lazily built ONNX session (see :class:`SessionSlot`).
-
-    The slot lives in ``owner.<attribute>`` (created on first call, thread-safe) and pickles
-    empty, so an estimator needs no ``__getstate__`` for it; :func:`clear_session` drops it
-    (call it in ``fit``).
+    Each encoder that runs ONNX gets its session here. The owner keeps one session at a time,
+    keyed by everything that shapes it: the bytes object, the device and the execution
+    providers it maps to now, the intra-op thread count, the disabled graph optimisers and
+    the recorded SHA-256. The same values return the held session; another value of any of
+    them (``set_params(intra_op_num_threads=2)``, new bytes after a refit) gives a new one.
+    Thread-safe: threads that ask at once get the same one. Nothing is stored on the owner,
+    so a session never travels in a pickle; an unpickled owner builds its own on first use.
 
     Parameters
     ----------
     owner : object
-        The encoder that owns the session.
+        The encoder that owns the session (hashable and weak-referenceable, as estimators
+        are).
     model_bytes : bytes
         The serialized ONNX model.
-    attribute : str, default="_session_slot"
-        Where the slot is kept on ``owner``.
-    **settings
-        ``device``, ``intra_op_num_threads``, ``disabled_optimizers``, ``expected_sha256``,
-        ``check``: see :meth:`SessionSlot.get`.
+    device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
+        See :func:`resolve_providers`.
+    intra_op_num_threads : int, default=None
+        See :func:`make_session`.
+    disabled_optimizers : sequence of str, default=()
+        See :func:`make_session`.
+    expected_sha256 : str, default=None
+        The SHA-256 recorded when the bytes were fitted. Before a new session is made the
+        bytes are hashed and compared with it: a difference raises
+        :class:`~skfusion.exceptions.ModelBytesMismatchError` naming the owner's class. None
+        skips the check.
+    check : callable, default=None
+        ``check(lazy)`` is called once on each new :class:`LazySession` (e.g. to check its
+        inputs and outputs); what it raises is raised, and nothing is kept.
 
     Returns
     -------
     lazy : LazySession
-        The session holder for these bytes and settings.
+        Its ``.session`` builds on first access (shared with other holders of the same
+        bytes object and settings in this process).
 
     Examples
     --------
-    >>> from skfusion.runtime._session import lazy_session
+    >>> from skfusion.runtime._session import held_session, lazy_session
     >>> class Encoder:
     ...     model_bytes_ = b"not an onnx model"
     >>> enc = Encoder()
@@ -714,25 +647,54 @@ def lazy_session(owner, model_bytes, *, attribute="_session_slot", **settings):
     True
     >>> lazy is lazy_session(enc, enc.model_bytes_, device="cpu", intra_op_num_threads=2)
     False
+    >>> held_session(enc).intra_op_num_threads
+    2
     """
-    slot = owner.__dict__.get(attribute)
-    if slot is None:
-        with _slot_lock:
-            slot = owner.__dict__.get(attribute)
-            if slot is None:
-                slot = owner.__dict__[attribute] = SessionSlot()
-    settings.setdefault("owner", type(owner).__name__)
-    return slot.get(model_bytes, **settings)
+    device = str(device)
+    threads = None if intra_op_num_threads is None else int(intra_op_num_threads)
+    settings = (
+        resolve_providers(device),
+        device,
+        threads,
+        tuple(disabled_optimizers),
+        expected_sha256,
+    )
+    held = _held.get(owner)
+    if held is not None and held[0] is model_bytes and held[1] == settings:
+        return held[2]
+    with _held_lock:
+        held = _held.get(owner)
+        if held is not None and held[0] is model_bytes and held[1] == settings:
+            return held[2]
+        if expected_sha256 is not None:
+            digest = sha256_hex(model_bytes)
+            if digest != expected_sha256:
+                raise ModelBytesMismatchError(
+                    f"{type(owner).__name__}'s ONNX model bytes do not match the SHA-256 "
+                    f"recorded at fit (recorded {expected_sha256[:16]}..., found "
+                    f"{digest[:16]}...): the model was altered after fitting. Refit the "
+                    "encoder, or load the model you saved."
+                )
+        lazy = LazySession(model_bytes, device, threads, settings[3])
+        if check is not None:
+            check(lazy)
+        _held[owner] = (model_bytes, settings, lazy)
+        return lazy
 
 
-def clear_session(owner, attribute="_session_slot"):
-    """Drop ``owner``'s session slot (e.g. at the start of ``fit``).
+def held_session(owner):
+    """The :class:`LazySession` that :func:`lazy_session` holds for ``owner`` now, or None."""
+    held = _held.get(owner)
+    return None if held is None else held[2]
+
+
+def clear_session(owner):
+    """Drop ``owner``'s session (e.g. at the start of ``fit``, to free it early).
 
     Parameters
     ----------
     owner : object
         The encoder.
-    attribute : str, default="_session_slot"
-        Where :func:`lazy_session` keeps the slot.
     """
-    owner.__dict__.pop(attribute, None)
+    with _held_lock:
+        _held.pop(owner, None)
