@@ -29,13 +29,12 @@ import os
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import _fit_context
 from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
+from .._compat import Interval, StrOptions, _check_sample_weight, _fit_context
 from .._progress import progress
 from .._utils import import_optional_dependency
 from ..runtime._device import resolve_device

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from numbers import Integral
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .._progress import progress
+from .._compat import Interval, StrOptions, _fit_context
 from ..storage._hashing import file_digest, sha256_hex
 from ..runtime._session import clear_session
 from ._base import (

@@ -8,11 +8,11 @@ from numbers import Integral
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .._progress import progress
+from .._compat import Interval, StrOptions, _fit_context
 from .._utils import import_optional_dependency
 from ..exceptions import EncodingError
 from ..storage import cached_encode

@@ -9,14 +9,15 @@ forward pass, so scoring a persisted model never imports torch.
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
+from .. import _compat
+from .._compat import Interval, StrOptions, _check_sample_weight, _fit_context
 from ._attention_net import (
     as_float64,
     batch_arrays,
@@ -297,7 +298,7 @@ class _BaseAttentionFusion(_BaseFusion):
                 pres,
                 n_heads=self.n_heads,
                 n_layers=self.n_layers,
-                xp=np,
+                xp=_compat.xp_numpy,
                 keep_attention=keep_attention,
             )
             logits.append(out)
@@ -313,7 +314,7 @@ class _BaseAttentionFusion(_BaseFusion):
         return self._from_logits(self._logits(encoded)[0], method)
 
     def _sk_visual_block_(self):
-        from sklearn.utils._repr_html.estimator import _VisualBlock
+        from .._compat import _VisualBlock
 
         network = _VisualBlock(
             "single", f"cross-modal attention (d_model={self.d_model}, "

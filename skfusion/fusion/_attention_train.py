@@ -31,7 +31,7 @@ class _Trainer:
 
     def __init__(self, est, task, device, rng):
         self.torch = import_optional_dependency("torch", purpose="training AttentionFusion")
-        from sklearn.externals.array_api_compat import torch as xp_torch
+        from .._compat import xp_torch
 
         self.xp = xp_torch
         self.est = est

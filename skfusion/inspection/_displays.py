@@ -4,8 +4,8 @@
 
 import numpy as np
 import pandas as pd
-from sklearn.utils._optional_dependencies import check_matplotlib_support
 
+from .._compat import check_matplotlib_support
 from ._importance import mean_attention, modality_importance
 
 __all__ = ["AttentionWeightsDisplay", "FusionComparisonDisplay", "ModalityImportanceDisplay"]
