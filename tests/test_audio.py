@@ -33,6 +33,11 @@ from skfusion.encoders._base import EncodingError
 from skfusion.storage import cache_clear
 from skfusion.storage._cache import cached_transform
 
+# every row is computed by the encoder, none served by the embedding cache (conftest.py): the
+# encoder's own transform looks rows up in the cache too, which would make comparisons of two
+# transforms compare cached rows; the tests of the cache turn it on themselves
+pytestmark = pytest.mark.usefixtures("no_embedding_cache")
+
 ALL_FEATURES = [
     "mfcc", "logmel", "chroma", "contrast", "centroid", "bandwidth", "rolloff", "flatness",
     "zcr", "rms",
@@ -106,6 +111,7 @@ def test_fsdd_official_split_accuracy(fsdd, fsdd_features):
     assert fsdd_features.dtype == np.float32 and np.isfinite(fsdd_features).all()
 
 
+@pytest.mark.kernels
 def test_matches_per_file_librosa(fsdd, fsdd_features):
     # shortest, longest and a few ordinary clips: the stacked, padded batch must not leak
     lengths = [sf.info(p).frames for p in fsdd.frame["path"]]
@@ -143,6 +149,7 @@ def test_folder_of_3000_with_one_corrupt_file(tmp_path, fsdd, fsdd_features):
 
 
 # ----------------------------------------------------------------------------- input kinds
+@pytest.mark.kernels
 def test_input_kinds_give_the_same_features(fsdd, wav_bytes, tmp_path):
     path = fsdd.frame["path"][0]
     y8, sr8 = sf.read(path, dtype="float32")
@@ -304,6 +311,7 @@ def test_single_string_or_wide_input_is_rejected(fsdd):
 
 
 # ----------------------------------------------------------------------------- features
+@pytest.mark.kernels
 def test_all_features_match_per_clip_librosa(fsdd):
     lengths = np.array([sf.info(p).frames for p in fsdd.frame["path"]])
     rows = [int(np.argmin(lengths)), int(np.argmax(lengths)), 100, 2000]
@@ -376,6 +384,7 @@ def test_feature_names_and_deltas():
     assert short.shape == (1, 12) and np.all(short[0, 6:] == 0)
 
 
+@pytest.mark.kernels
 def test_sequence_matches_pooled_features(fsdd):
     paths = fsdd.frame["path"][[0, 1, 2000]].tolist() + [None]
     encoder = AudioEncoder(["mfcc", "rms"], ["mean"], sr=8000, hop_length=256).fit(paths)
@@ -412,6 +421,7 @@ def test_duration_policy():
     assert_same_features(X[:1], X[1:])
 
 
+@pytest.mark.kernels
 def test_resampling_matches_librosa_load(fsdd):
     path = fsdd.frame["path"][42]
     X = AudioEncoder(sr=16000).fit_transform([path])
@@ -475,6 +485,7 @@ def _invariance_clips(fsdd):
     ],
     ids=["default", "all_features"],
 )  # fmt: skip
+@pytest.mark.kernels
 def test_features_do_not_depend_on_batch_threads_or_cache(fsdd, params):
     """DESIGN §8: a clip's features do not depend on its batch mates, the batch size,
     n_jobs, the BLAS thread count or the embedding cache."""
@@ -538,6 +549,7 @@ def _long_test_clip(seconds=12, rate=8000):
     ],
     ids=["default", "all_features", "crop", "pad", "polyphase"],
 )  # fmt: skip
+@pytest.mark.kernels
 def test_long_clip_in_blocks_equals_whole_clip(tmp_path, monkeypatch, params):
     """Issue 14: a long clip is read, resampled and featurised in blocks (bounded memory),
     and its features equal the whole-clip computation. The tolerance is

@@ -73,6 +73,7 @@ def test_tuning_learns_the_target(reviews, tuned):
 
 
 @pytest.mark.parametrize("output", ["embedding", "decision"])
+@pytest.mark.kernels
 def test_graph_matches_the_trained_layers(reviews, output, empty_store):
     """The weights written into the ONNX graph are the ones torch trained (layout, order).
 
@@ -267,6 +268,7 @@ def test_parameters_are_validated_and_cloned():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.kernels
 def test_rows_do_not_depend_on_the_batch(reviews, precision):
     """A text's decision value is the same alone, in a batch of 40 copies, at any batch size.
 

@@ -35,6 +35,11 @@ from skfusion.encoders._image import MOBILENET_V2, builtin_onnx_bytes, load_imag
 from skfusion.storage import cache_clear
 from skfusion.storage._cache import cached_transform
 
+# every row is computed by the encoder, none served by the embedding cache (conftest.py): the
+# encoder's own transform looks rows up in the cache too, which would make comparisons of two
+# transforms compare cached rows; the tests of the cache turn it on themselves
+pytestmark = pytest.mark.usefixtures("no_embedding_cache")
+
 # ImageNet-1k class indices, as listed in pytorch/hub's imagenet_classes.txt
 # (https://github.com/pytorch/hub/blob/master/imagenet_classes.txt).
 PALACE, MONASTERY, STUPA = 698, 663, 832
@@ -98,12 +103,13 @@ def _torch_reference(items):
 # --- the built-in model -----------------------------------------------------------------------
 
 
+@pytest.mark.kernels
 def test_onnx_matches_torch_on_real_images(encoder, samples):
     pooled, feature_map, logits = _torch_reference(samples)
     features = encoder.transform(samples)
     assert features.dtype == np.float32 and features.shape == (2, 1280)
     assert np.abs(features - pooled).max() < 1e-4
-    logits_onnx = clone(encoder).set_params(output="logits").fit(samples).transform(samples)
+    logits_onnx = clone(encoder).set_params(output_name="logits").fit(samples).transform(samples)
     assert logits_onnx.shape == (2, 1000)
     assert np.abs(logits_onnx - logits).max() < 1e-4
     tokens, mask = encoder.transform_sequence(samples)
@@ -196,6 +202,7 @@ def test_missing_rows_give_nan(encoder, image_files):
     assert np.isnan(encoder.transform([None])).all()
 
 
+@pytest.mark.kernels
 def test_parallel_decoding_matches_serial(encoder, image_files, samples):
     X = image_files * 3 + [samples[0]]
     serial = encoder.transform(X)
@@ -244,6 +251,7 @@ def _crops(samples, n):
     return crops
 
 
+@pytest.mark.kernels
 def test_features_do_not_depend_on_batch_threads_or_cache(samples):
     """DESIGN §8: an image's features do not depend on its batch mates, the batch size,
     the threads (ONNX Runtime's and n_jobs' decoding threads) or the embedding cache."""
@@ -360,7 +368,7 @@ def test_user_onnx_model_config(tmp_path, samples):
     path = _nhwc_probe_model(tmp_path / "probe.onnx")
     enc = ImageEncoder(path, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).fit(samples)
     # layout and input size come from the model's static input shape
-    assert enc.layout_ == "NHWC" and enc.image_size_ == (24, 32) and enc.output_ == "gap"
+    assert enc.layout_ == "NHWC" and enc.image_size_ == (24, 32) and enc.output_name_ == "gap"
     assert enc.resize_size_ == round(32 / 0.875)
     crops = np.stack([load_image(x, (24, 32), enc.resize_size_) for x in samples])
     expected = ((crops / 255.0 - 0.5) / 0.25).mean(axis=(1, 2))
@@ -369,14 +377,14 @@ def test_user_onnx_model_config(tmp_path, samples):
     # BGR reverses the channels; the 4-D output is pooled (mean = gap, max, flatten)
     bgr = clone(enc).set_params(channel_order="BGR").fit(samples).transform(samples)
     np.testing.assert_allclose(bgr, out[:, ::-1], atol=1e-6)
-    pooled = clone(enc).set_params(output="map").fit(samples)
+    pooled = clone(enc).set_params(output_name="map").fit(samples)
     np.testing.assert_allclose(pooled.transform(samples), out, atol=1e-5)
     maxed = pooled.set_params(pooling="max").fit(samples).transform(samples)
     np.testing.assert_allclose(maxed, ((crops / 255.0 - 0.5) / 0.25).max(axis=(1, 2)), atol=1e-5)
     first = pooled.set_params(pooling="cls").fit(samples).transform(samples)
     np.testing.assert_allclose(first, (crops[:, 0, 0] / 255.0 - 0.5) / 0.25, atol=1e-5)
     flat = pooled.set_params(pooling="flatten").fit(samples)
-    assert flat.embedding_dim_ == 24 * 32 * 3
+    assert flat.n_features_out_ == 24 * 32 * 3
     tokens, mask = flat.transform_sequence(samples)
     assert tokens.shape == (2, 24 * 32, 3) and mask.all()
     # the bytes work as well as the path, and a fitted encoder keeps them
@@ -390,6 +398,7 @@ def test_user_onnx_model_config(tmp_path, samples):
 
 
 @pytest.mark.parametrize("dtype", [TensorProto.UINT8, TensorProto.FLOAT16])
+@pytest.mark.kernels
 def test_user_model_with_uint8_or_float16_input(samples, dtype):
     # uint8: raw 0-255 pixels, no normalisation; float16: normalised pixels in half precision
     x = helper.make_tensor_value_info("raw", dtype, ["N", 3, 16, 16])
@@ -414,8 +423,8 @@ def test_user_model_with_uint8_or_float16_input(samples, dtype):
 
 def test_user_model_errors(tmp_path, samples):
     path = _nhwc_probe_model(tmp_path / "probe.onnx")
-    with pytest.raises(ValueError, match=r"output='logits' is not an output of the model"):
-        ImageEncoder(path, output="logits").fit(samples)
+    with pytest.raises(ValueError, match=r"output_name='logits' is not an output of the model"):
+        ImageEncoder(path, output_name="logits").fit(samples)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(ValueError, match="not a valid ONNX model"):
@@ -450,10 +459,10 @@ def test_estimator_api(encoder, samples):
     fp = encoder._skfusion_fingerprint()
     runtime = dict(batch_size=1, n_jobs=2, device="cpu", intra_op_num_threads=1, verbose=1)
     assert fp == ImageEncoder(**runtime).fit(samples)._skfusion_fingerprint()
-    assert fp != ImageEncoder(output="logits").fit(samples)._skfusion_fingerprint()
+    assert fp != ImageEncoder(output_name="logits").fit(samples)._skfusion_fingerprint()
     unfitted = ImageEncoder()._skfusion_fingerprint()
     assert unfitted == ImageEncoder(**runtime)._skfusion_fingerprint()
-    assert unfitted != ImageEncoder(output="logits")._skfusion_fingerprint()
+    assert unfitted != ImageEncoder(output_name="logits")._skfusion_fingerprint()
 
 
 def test_fingerprint_follows_the_onnx_bytes_that_run(encoder, samples):
@@ -633,12 +642,12 @@ def digit_images():
 
 
 def test_fp16_on_cpu_against_fp32(encoder, samples, digit_images):
-    """quantize="fp16" (made for CUDA) checked on the CPU provider against the float32 model:
+    """precision="fp16" (made for CUDA) checked on the CPU provider against the float32 model:
     per image cosine >= 0.999 (measured min 0.99986 on these 32 images). The float16 model
     takes the same float32 pixels and gives float32 features; it is half the size, and is
     another output for the embedding cache."""
     images = samples + digit_images
-    fp16 = clone(encoder).set_params(quantize="fp16").fit(images)
+    fp16 = clone(encoder).set_params(precision="fp16").fit(images)
     model = onnx.load_from_string(fp16.model_bytes_)
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert TensorProto.FLOAT16 in {i.data_type for i in model.graph.initializer}
@@ -652,8 +661,8 @@ def test_fp16_on_cpu_against_fp32(encoder, samples, digit_images):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("quantize", [None, "fp16"])
-def test_cuda_matches_cpu(encoder, samples, digit_images, quantize):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_matches_cpu(encoder, samples, digit_images, precision):
     import onnxruntime
 
     from skfusion.runtime._session import uses_io_binding
@@ -664,9 +673,9 @@ def test_cuda_matches_cpu(encoder, samples, digit_images, quantize):
     if cuda_devices_hidden():
         pytest.skip("CUDA_VISIBLE_DEVICES hides every GPU")
     images = samples + digit_images
-    gpu = clone(encoder).set_params(device="cuda", quantize=quantize).fit(images)
+    gpu = clone(encoder).set_params(device="cuda", precision=precision).fit(images)
     assert uses_io_binding(gpu._get_session().session)
     got, expected = gpu.transform(images), encoder.transform(images)
-    if quantize is None:
+    if precision == "fp32":
         np.testing.assert_allclose(got, expected, atol=1e-3)
-    assert _cosine(got, expected).min() >= (0.99999 if quantize is None else 0.999)
+    assert _cosine(got, expected).min() >= (0.99999 if precision == "fp32" else 0.999)

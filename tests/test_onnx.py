@@ -203,6 +203,7 @@ def test_mask_defaults_to_attention_mask(token_model):
     np.testing.assert_allclose(out[1], token_model[1][4], rtol=1e-6)  # padding ignored
 
 
+@pytest.mark.kernels
 def test_output_by_index_and_batching(token_model):
     by_index = _token_encoder(token_model, output_name=1).fit(TOKEN_ITEMS)
     assert by_index.output_name_ == "first" and by_index.n_features_out_ == 4

@@ -91,6 +91,7 @@ def test_auto_picks_onnx(onnx_encoder):
     assert onnx_encoder.n_features_out_ == 384
 
 
+@pytest.mark.kernels
 def test_onnx_matches_sentence_transformers(onnx_embeddings, reference):
     assert onnx_embeddings.shape == (N_REVIEWS, 384)
     assert onnx_embeddings.dtype == np.float32
@@ -98,6 +99,7 @@ def test_onnx_matches_sentence_transformers(onnx_embeddings, reference):
     np.testing.assert_allclose(np.linalg.norm(onnx_embeddings, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.kernels
 def test_torch_backend_is_sentence_transformers(torch_encoder, reviews, reference):
     np.testing.assert_allclose(torch_encoder.transform(reviews[0][:20]), reference[:20], atol=1e-5)
 
@@ -118,6 +120,7 @@ def test_int8(onnx_encoder, int8_encoder, reviews, reference):
     assert int8_encoder._skfusion_fingerprint() != onnx_encoder._skfusion_fingerprint()
 
 
+@pytest.mark.kernels
 def test_order_and_batching_do_not_change_output(onnx_encoder, reviews, onnx_embeddings):
     # exact: batches hold texts of one length (see test_rows_do_not_depend_on_the_batch)
     texts = reviews[0][:40]
@@ -143,6 +146,7 @@ def fp16_encoder():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "fp16"])
+@pytest.mark.kernels
 def test_rows_do_not_depend_on_the_batch(
     precision, varied_texts, onnx_encoder, int8_encoder, fp16_encoder
 ):
@@ -186,6 +190,7 @@ def test_rows_do_not_depend_on_the_batch(
     np.testing.assert_array_equal(mixed, alone)
 
 
+@pytest.mark.kernels
 def test_fp16_on_cpu_against_fp32(onnx_encoder, fp16_encoder, reviews, onnx_embeddings, reference):
     """The fp16 graph (made for CUDA) checked on the CPU provider, on 200 real reviews: every
     row within cosine 0.999 of the fp32 path (measured 0.9999992 here: the CPU runs float16
@@ -279,6 +284,7 @@ def test_pads_to_longest_in_batch(onnx_encoder):
     assert np.all(values[0, 3] == 0)
 
 
+@pytest.mark.kernels
 def test_transform_sequence_matches_torch(onnx_encoder, torch_encoder, reviews):
     texts = reviews[0][:6] + [None]
     v_onnx, m_onnx = onnx_encoder.transform_sequence(texts)

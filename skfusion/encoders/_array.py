@@ -5,12 +5,10 @@
 from numbers import Number
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.base import BaseEstimator, TransformerMixin
 
-from .._progress import progress
-from ._base import RawItemEncoderMixin, column_values, scatter, split_missing
+from .._compat import StrOptions, _fit_context
+from ._base import RawItemEncoderMixin
 
 __all__ = ["ArrayEncoder"]
 
@@ -26,6 +24,14 @@ def _as_vector(value):
         raise ValueError(f"not a numeric array ({exc})") from None
     if arr.ndim == 0:
         raise TypeError("expected an array, got a scalar")
+    return arr
+
+
+def _check_array(value, shape):
+    """The item as a float64 array of ``shape`` (any shape when None)."""
+    arr = _as_vector(value)
+    if shape is not None and arr.shape != shape:
+        raise ValueError(f"expected an array of shape {shape}, got shape {arr.shape}")
     return arr
 
 
@@ -82,17 +88,8 @@ class ArrayEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self.on_error = on_error
         self.verbose = verbose
 
-    def _split(self, X, shape=None):
-        values, labels = column_values(X, type(self).__name__)
-
-        def check(value):
-            arr = _as_vector(value)
-            if shape is not None and arr.shape != shape:
-                raise ValueError(f"expected an array of shape {shape}, got shape {arr.shape}")
-            return arr
-
-        present, arrays = split_missing(values, labels, check, self.on_error, type(self).__name__)
-        return len(values), present, arrays
+    def _check_item(self, value):
+        return _check_array(value, self.item_shape_)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -110,49 +107,19 @@ class ArrayEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self : ArrayEncoder
             The fitted encoder.
         """
-        _, present, arrays = self._split(X)
+        arrays = self._column(X, check_item=lambda value: _check_array(value, None)).items
         if not arrays:
             raise ValueError("ArrayEncoder.fit needs at least one non-missing array.")
-        self.item_shape_ = arrays[0].shape
-        self._split(X, self.item_shape_)  # every item has that shape
-        self.n_features_out_ = int(np.prod(self.item_shape_))
+        shape = arrays[0].shape
+        self._column(X, check_item=lambda value: _check_array(value, shape))  # all alike
+        self.item_shape_ = shape
+        self.n_features_out_ = int(np.prod(shape))
         return self
 
-    def transform(self, X):
-        """Flatten each array; missing rows give NaN.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples,)
-            A column of arrays of shape ``item_shape_``.
-
-        Returns
-        -------
-        X_flat : ndarray of shape (n_samples, ``n_features_out_``), dtype float32
-            One flattened array per row.
-        """
-        check_is_fitted(self)
-        n, present, arrays = self._split(X, self.item_shape_)
+    def _encode_items(self, arrays, bar):
         rows = np.empty((len(arrays), self.n_features_out_), dtype=np.float32)
-        with progress(len(arrays), type(self).__name__, self.verbose) as bar:
-            for start in range(0, len(arrays), _BLOCK):
-                block = arrays[start : start + _BLOCK]
-                rows[start : start + len(block)] = [a.reshape(-1) for a in block]
-                bar.update(len(block))
-        return scatter(n, present, rows, self.n_features_out_)
-
-    def get_feature_names_out(self, input_features=None):
-        """Output names ``"0"`` ... ``"<n_features_out_ - 1>"`` (flat C-order positions).
-
-        Parameters
-        ----------
-        input_features : array-like of str or None, default=None
-            Ignored.
-
-        Returns
-        -------
-        feature_names_out : ndarray of str objects
-            One name per output column.
-        """
-        check_is_fitted(self)
-        return np.asarray([str(i) for i in range(self.n_features_out_)], dtype=object)
+        for start in range(0, len(arrays), _BLOCK):
+            block = arrays[start : start + _BLOCK]
+            rows[start : start + len(block)] = [a.reshape(-1) for a in block]
+            bar.update(len(block))
+        return rows

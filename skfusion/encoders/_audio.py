@@ -10,12 +10,11 @@ from importlib import metadata
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.parallel import Parallel, delayed
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .._progress import progress
+from .._compat import Interval, StrOptions, _fit_context
+from .._parallel import Parallel, delayed
 from ..storage import estimator_fingerprint
 from ._audio_features import (
     CONTRAST_FMIN,
@@ -29,14 +28,7 @@ from ._audio_features import (
     pool_long,
 )
 from ._audio_io import LongClip, check_item, decode_safe
-from ._base import (
-    RawItemEncoderMixin,
-    column_values,
-    pad_sequences,
-    raise_encoding_error,
-    scatter,
-    split_missing,
-)
+from ._base import RawItemEncoderMixin, raise_encoding_error
 
 __all__ = ["AudioEncoder"]
 
@@ -279,24 +271,20 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             The fitted encoder.
         """
         self._validate_more()
-        self._split(X)
+        self._column(X)
         self.frame_feature_names_ = np.asarray(self._config().frame_names(), dtype=object)
         self.n_features_out_ = len(self.frame_feature_names_) * len(self.stats)
         return self
 
-    def _split(self, X):
-        values, labels = column_values(X, type(self).__name__)
-        present, items = split_missing(
-            values, labels, check_item, self.on_error, type(self).__name__
-        )
-        return values, labels, present, items
+    def _check_item(self, value):
+        return check_item(value)
 
     # ------------------------------------------------------------------ decoding
-    def _decode_all(self, values, labels, present, items):
-        """Decode items in blocks; yields (present rows, list of clips).
+    def _decode_all(self, items, bar):
+        """Decode items in blocks; yields (positions in ``items``, list of clips).
 
         A clip is float32 samples, or a :class:`LongClip` handle for a long one (streamed
-        later, block by block). A progress bar, when asked for, counts the items.
+        later, block by block). ``bar`` counts the items decoded.
         """
         target_len = None if self.duration is None else int(round(self.duration * self.sr))
         args = (
@@ -314,26 +302,24 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         # check runs before the next clip is read; a clip's features do not depend on its batch.
         step = min(self.batch_size, _DECODE_STEP)
         keep, clips, held = [], [], 0
-        with progress(len(items), desc=type(self).__name__, verbose=self.verbose) as bar:
-            for start in range(0, len(items), step):
-                block = items[start : start + step]
-                rows = present[start : start + step]
-                if self.n_jobs in (None, 1):
-                    results = [decode_safe(item, *args) for item in block]
-                else:
-                    results = parallel(delayed(decode_safe)(item, *args) for item in block)
-                for row, (ok, result) in zip(rows, results):
-                    if ok:
-                        keep.append(row)
-                        clips.append(result)
-                        # a long clip is a handle that streams its samples later: it holds none
-                        held += 0 if isinstance(result, LongClip) else result.shape[0]
-                        if len(clips) == self.batch_size or held >= _BATCH_SAMPLES:
-                            yield np.asarray(keep, dtype=np.intp), clips
-                            keep, clips, held = [], [], 0
-                    elif self.on_error == "raise":
-                        raise_encoding_error(self, row, labels, str(result), values[row])
-                bar.update(len(block))
+        for start in range(0, len(items), step):
+            block = items[start : start + step]
+            if self.n_jobs in (None, 1):
+                results = [decode_safe(item, *args) for item in block]
+            else:
+                results = parallel(delayed(decode_safe)(item, *args) for item in block)
+            for row, (ok, result) in enumerate(results, start):
+                if ok:
+                    keep.append(row)
+                    clips.append(result)
+                    # a long clip is a handle that streams its samples later: it holds none
+                    held += 0 if isinstance(result, LongClip) else result.shape[0]
+                    if len(clips) == self.batch_size or held >= _BATCH_SAMPLES:
+                        yield np.asarray(keep, dtype=np.intp), clips
+                        keep, clips, held = [], [], 0
+                elif self.on_error == "raise":
+                    raise_encoding_error(self, row, None, str(result), items[row])
+            bar.update(len(block))
         if clips:
             yield np.asarray(keep, dtype=np.intp), clips
 
@@ -362,28 +348,24 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 out[i] = pool_long(clip, cfg)
         return np.stack(out)
 
-    # ------------------------------------------------------------------ public API
-    def transform(self, X):
-        """Pooled features of each clip; missing rows give NaN.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples,)
-            Clips: a list, Series, 1-D object array or one-column DataFrame.
-
-        Returns
-        -------
-        X_feat : ndarray of shape (n_samples, ``n_features_out_``), dtype float32
-            The features, in the order of :meth:`get_feature_names_out`.
-        """
-        check_is_fitted(self)
-        values, labels, present, items = self._split(X)
-        out = scatter(len(values), np.empty(0, dtype=np.intp), None, self.n_features_out_)
-        for rows, clips in self._decode_all(values, labels, present, items):
-            if len(rows):
-                out[rows] = self._pooled(clips)
+    # ------------------------------------------------------------------ template hooks
+    def _encode_items(self, items, bar):
+        out = np.full((len(items), self.n_features_out_), np.nan, dtype=np.float32)
+        for rows, clips in self._decode_all(items, bar):
+            out[rows] = self._pooled(clips)
         return out
 
+    def _encode_item_sequences(self, items, bar):
+        sequences = [None] * len(items)  # None: a clip that failed to decode (on_error)
+        for rows, clips in self._decode_all(items, bar):
+            for row, mat in zip(rows, self._frame_features(clips)):
+                sequences[row] = mat.T
+        return sequences
+
+    def _empty_sequence_shape(self):
+        return 1, len(self.frame_feature_names_)
+
+    # ------------------------------------------------------------------ public API
     def transform_sequence(self, X):
         """Frame-level features of each clip, padded to the longest clip, and their mask.
 
@@ -400,15 +382,8 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         mask : ndarray of shape (n_samples, T), dtype bool
             True for real frames; all False for a missing row.
         """
-        check_is_fitted(self)
-        values, labels, present, items = self._split(X)
-        n, d = len(values), len(self.frame_feature_names_)
-        pieces = [
-            (row, mat.T)
-            for rows, clips in self._decode_all(values, labels, present, items)
-            for row, mat in zip(rows, self._frame_features(clips))
-        ]
-        return pad_sequences(n, pieces, d)
+        self._check_fitted()
+        return self._encode_column_sequences(X)
 
     def get_feature_names_out(self, input_features=None):
         """Return the output names, like ``"mfcc_3_mean"``, ``"zcr_std"``, ``"logmel_10_p90"``.

@@ -13,20 +13,14 @@ from numbers import Integral
 
 import numpy as np
 from joblib import effective_n_jobs
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.parallel import Parallel, delayed
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from .._compat import Interval, StrOptions, _fit_context
+from .._parallel import Parallel, delayed
 from .._progress import progress
 from .._utils import import_optional_dependency
-from ._base import (
-    RawItemEncoderMixin,
-    column_values,
-    raise_encoding_error,
-    scatter,
-    split_missing,
-)
+from ._base import RawItemEncoderMixin, raise_encoding_error
 from ._image_io import check_image_item, load_image, load_or_error
 from ._mobilenet_spec import MOBILENET_V2, builtin_store_key, builtin_weights_path
 
@@ -159,11 +153,11 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         model must take one image batch (float32, float16 or uint8 pixels; uint8 inputs get
         the raw 0-255 crop with no normalisation).
 
-    output : str, default=None
-        The model output that :meth:`transform` returns. ``None`` means ``"features"`` (the
-        pooled 1280-d penultimate layer) for the built-in model, which also offers
-        ``"logits"`` (the 1000 ImageNet classes) and ``"feature_map"``; for another model it
-        means its first output.
+    output_name : str, default=None
+        The name of the model output that :meth:`transform` returns. ``None`` means
+        ``"features"`` (the pooled 1280-d penultimate layer) for the built-in model, which also
+        offers ``"logits"`` (the 1000 ImageNet classes) and ``"feature_map"``; for another
+        model it means its first output.
 
     pooling : {"mean", "max", "cls", "flatten"}, default="mean"
         How :meth:`transform` reduces an output with more than two dimensions (a
@@ -194,8 +188,9 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     batch_size : int, default=32
         Images per forward pass.
 
-    quantize : {None, "fp16"}, default=None
-        ``"fp16"``: run the model converted to float16 (float32 inputs and outputs, so the
+    precision : {"fp32", "fp16"}, default="fp32"
+        The number format of the ONNX model. ``"fp32"``: the model as it is. ``"fp16"``: run
+        the model converted to float16 (float32 inputs and outputs, so the
         preprocessing is unchanged), for the CUDA provider: cosine to float32 ≥ 0.999 on the
         built-in model's features. A CPU runs it too, more slowly than float32, so that a
         model fitted on a GPU scores on a CPU-only host. The conversion is made at fit and
@@ -208,7 +203,8 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         model pools its feature map inside the graph, so only the 1280-d rows come back.
 
     n_jobs : int, default=None
-        Threads that decode and resize images, one batch ahead of the model.
+        Threads that decode and resize images, one batch ahead of the model (the model's own
+        threads are ``intra_op_num_threads``; no worker ever copies the model).
         ``None`` means 1 unless in a :func:`joblib.parallel_config` context; ``-1`` uses all
         CPUs. Decoding is worth parallelising for large JPEG/PNG files.
 
@@ -227,7 +223,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     Attributes
     ----------
     model_bytes_ : bytes
-        The ONNX model (float16 with ``quantize="fp16"``), kept so that a persisted encoder
+        The ONNX model (float16 with ``precision="fp16"``), kept so that a persisted encoder
         scores without torch or the store.
 
     model_sha256_ : str
@@ -235,13 +231,13 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         a session is built (an altered model raises an error instead of running), and it is
         part of the embedding cache's fingerprint.
 
-    output_ : str
-        The output used by :meth:`transform`.
+    output_name_ : str
+        The name of the output used by :meth:`transform`.
 
-    sequence_output_ : str
-        The output used by :meth:`transform_sequence`.
+    sequence_output_name_ : str
+        The name of the output used by :meth:`transform_sequence`.
 
-    embedding_dim_ : int
+    n_features_out_ : int
         Length of each row of :meth:`transform`.
 
     image_size_ : tuple of int
@@ -283,7 +279,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "model": [None, str, os.PathLike, bytes],
-        "output": [None, str],
+        "output_name": [None, str],
         "pooling": [StrOptions({"mean", "max", "cls", "flatten"})],
         "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
         "resize_size": [None, Interval(Integral, 1, None, closed="left")],
@@ -292,7 +288,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         "channel_order": [None, StrOptions({"RGB", "BGR"})],
         "layout": [None, StrOptions({"NCHW", "NHWC"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "quantize": [None, StrOptions({"fp16"})],
+        "precision": [StrOptions({"fp32", "fp16"})],
         "device": [str],
         "n_jobs": [None, Integral],
         "intra_op_num_threads": [None, Interval(Integral, 1, None, closed="left")],
@@ -304,7 +300,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self,
         model=None,
         *,
-        output=None,
+        output_name=None,
         pooling="mean",
         image_size=None,
         resize_size=None,
@@ -313,7 +309,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         channel_order=None,
         layout=None,
         batch_size=32,
-        quantize=None,
+        precision="fp32",
         device="auto",
         n_jobs=None,
         intra_op_num_threads=None,
@@ -321,7 +317,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         verbose=0,
     ):
         self.model = model
-        self.output = output
+        self.output_name = output_name
         self.pooling = pooling
         self.image_size = image_size
         self.resize_size = resize_size
@@ -330,7 +326,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self.channel_order = channel_order
         self.layout = layout
         self.batch_size = batch_size
-        self.quantize = quantize
+        self.precision = precision
         self.device = device
         self.n_jobs = n_jobs
         self.intra_op_num_threads = intra_op_num_threads
@@ -351,7 +347,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 with open(self.model, "rb") as fh:
                     model_bytes = fh.read()
             sha = sha256_hex(model_bytes)
-        if self.quantize == "fp16":
+        if self.precision == "fp16":
             model_bytes, sha = float16_onnx_entry(model_bytes, builtin=self.model is None)
         return model_bytes, sha
 
@@ -373,8 +369,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         )
 
     def __setstate__(self, state):
-        # pickled before these existed: no quantize/verbose parameter, a held "_session"
-        state.setdefault("quantize", None)
+        # pickled before these existed: no verbose parameter, a held "_session"
         state.setdefault("verbose", 0)
         state.pop("_session", None)
         super().__setstate__(state)
@@ -417,16 +412,18 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         if mean.shape != (3,) or std.shape != (3,) or not np.all(std > 0):
             raise ValueError("mean and std must be 3 numbers each (RGB), std > 0")
         names = [o.name for o in session.session.get_outputs()]
-        output = self.output
+        output = self.output_name
         if output is None:
             output = "features" if builtin else names[0]
         if output not in names:
-            raise ValueError(f"output={output!r} is not an output of the model; it has {names}")
+            raise ValueError(
+                f"output_name={output!r} is not an output of the model; it has {names}"
+            )
         self.image_size_ = size
         self.resize_size_ = resize
         self.layout_ = layout
-        self.output_ = output
-        self.sequence_output_ = MOBILENET_V2["sequence_output"] if builtin else output
+        self.output_name_ = output
+        self.sequence_output_name_ = MOBILENET_V2["sequence_output"] if builtin else output
         self._input = (signature.name, _ORT_DTYPES[signature.type])
         self._mean, self._std = mean, std
 
@@ -448,7 +445,7 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self : ImageEncoder
             The fitted encoder.
         """
-        self._split(X)
+        self._column(X)
         from ..runtime._session import clear_session
 
         clear_session(self)
@@ -456,16 +453,12 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         session = self._get_session()
         self._resolve_config(session)
         probe = np.zeros((1, *self.image_size_, 3), dtype=np.uint8)
-        out = _pool(self._run(probe, [self.output_])[0], self.layout_, self.pooling)
-        self.embedding_dim_ = int(out.shape[1])
+        out = _pool(self._run(probe, [self.output_name_])[0], self.layout_, self.pooling)
+        self.n_features_out_ = int(out.shape[1])
         return self
 
-    def _split(self, X):
-        values, labels = column_values(X, type(self).__name__)
-        present, items = split_missing(
-            values, labels, check_image_item, self.on_error, type(self).__name__
-        )
-        return values, labels, present, items
+    def _check_item(self, value):
+        return check_image_item(value)
 
     def _ensure_config(self):
         # private state lost by pickling (the session's signature) is resolved again
@@ -486,21 +479,19 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         batch = np.ascontiguousarray(batch, dtype=dtype)
         return self._get_session().run(outputs, {name: batch})
 
-    def _encode(self, X, outputs, post):
-        """Decode the present rows batch by batch, run the model, post-process each batch.
+    def _run_batches(self, items, outputs, post, bar):
+        """Decode the items batch by batch, run the model, post-process each batch.
 
-        Returns ``(n, rows, results)``: the row indices that were encoded and one
-        post-processed array per batch (concatenated).
+        Yields ``(positions in items, post-processed array)`` per batch. An item that cannot
+        be decoded raises an :class:`EncodingError` for its position in ``items``, or
+        (``on_error="missing"``) is in no batch.
         """
         self._ensure_config()
-        values, labels, present, items = self._split(X)
-        n = len(values)
-        encoded, results = [], []
         size, resize = self.image_size_, self.resize_size_
         serial = effective_n_jobs(self.n_jobs) == 1 or len(items) < 2
         # Threads (PIL releases the GIL while decoding and resizing) fed lazily: they decode
         # the next batch while ONNX Runtime runs on this one, at most about a batch ahead.
-        with progress(len(items), desc=type(self).__name__, verbose=self.verbose) as bar, Parallel(
+        with Parallel(
             n_jobs=1 if serial else self.n_jobs,
             require="sharedmem",
             return_as="generator",
@@ -513,45 +504,24 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             for start in range(0, len(items), self.batch_size):
                 decoded = list(itertools.islice(stream, self.batch_size))
                 good, rows = [], []
-                for row, result in zip(present[start : start + self.batch_size], decoded):
+                for row, result in enumerate(decoded, start):
                     if isinstance(result, BaseException):
                         if self.on_error == "missing":
                             continue
-                        raise_encoding_error(
-                            self,
-                            row,
-                            labels,
-                            f"{type(result).__name__}: {result}",
-                            values[row],
-                            result,
-                        )
+                        reason = f"{type(result).__name__}: {result}"
+                        raise_encoding_error(self, row, None, reason, items[row], result)
                     good.append(result)
                     rows.append(row)
                 if good:
-                    results.append(post(self._run(np.stack(good), outputs)))
-                    encoded.extend(rows)
+                    yield np.asarray(rows, dtype=np.intp), post(self._run(np.stack(good), outputs))
                 bar.update(len(decoded))
-        return n, np.asarray(encoded, dtype=np.intp), results
 
-    def transform(self, X):
-        """Embed each image; missing rows give NaN.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples,)
-            Images: a list, Series, 1-D object array or one-column DataFrame of paths,
-            bytes, PIL images or arrays.
-
-        Returns
-        -------
-        X_emb : ndarray of shape (n_samples, ``embedding_dim_``), dtype float32
-            The features.
-        """
-        check_is_fitted(self)
-        n, rows, results = self._encode(
-            X, [self.output_], lambda out: _pool(out[0], self.layout_, self.pooling)
-        )
-        return scatter(n, rows, np.concatenate(results) if results else None, self.embedding_dim_)
+    def _encode_items(self, items, bar):
+        out = np.full((len(items), self.n_features_out_), np.nan, dtype=np.float32)
+        pool = lambda raw: _pool(raw[0], self.layout_, self.pooling)  # noqa: E731
+        for rows, features in self._run_batches(items, [self.output_name_], pool, bar):
+            out[rows] = features
+        return out
 
     def transform_sequence(self, X):
         """Spatial cells of the last feature map as tokens (7x7 = 49 for the built-in model).
@@ -568,20 +538,23 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         mask : ndarray of shape (n_samples, T), dtype bool
             True for real tokens; all False for a missing row.
         """
-        check_is_fitted(self)
-        n, rows, results = self._encode(
-            X, [self.sequence_output_], lambda out: _as_tokens(out[0], self.layout_)
-        )
-        if results:
-            tokens = np.concatenate(results).astype(np.float32, copy=False)
-        else:  # no image at all: shape from a blank probe
-            probe = np.zeros((1, *self.image_size_, 3), dtype=np.uint8)
-            tokens = _as_tokens(self._run(probe, [self.sequence_output_])[0], self.layout_)[:0]
-        values = np.full((n, *tokens.shape[1:]), np.nan, dtype=np.float32)
-        mask = np.zeros((n, tokens.shape[1]), dtype=bool)
-        values[rows] = tokens
-        mask[rows] = True
-        return values, mask
+        self._check_fitted()
+        return self._encode_column_sequences(X)
+
+    def _encode_item_sequences(self, items, bar):
+        sequences = [None] * len(items)  # None: an image that could not be decoded
+        tokens = lambda raw: _as_tokens(raw[0], self.layout_)  # noqa: E731
+        for rows, cells in self._run_batches(items, [self.sequence_output_name_], tokens, bar):
+            for row, seq in zip(rows, cells):
+                sequences[row] = seq
+        return sequences
+
+    def _empty_sequence_shape(self):
+        # no image at all: the shape from a blank probe
+        self._ensure_config()
+        probe = np.zeros((1, *self.image_size_, 3), dtype=np.uint8)
+        cells = _as_tokens(self._run(probe, [self.sequence_output_name_])[0], self.layout_)
+        return cells.shape[1], cells.shape[2]
 
     def predict_imagenet(self, X, top=5):
         """The ``top`` ImageNet classes of each image by the built-in model's classifier.
@@ -613,13 +586,14 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             order = np.argsort(-proba, axis=1, kind="stable")[:, :top]
             return np.concatenate([order, np.take_along_axis(proba, order, axis=1)], axis=1)
 
-        n, rows, results = self._encode(X, ["logits"], post)
-        classes = np.full((n, top), -1, dtype=np.int64)
-        proba = np.full((n, top), np.nan, dtype=np.float32)
-        if len(rows):
-            both = np.concatenate(results)
-            classes[rows] = both[:, :top].astype(np.int64)
-            proba[rows] = both[:, top:]
+        column = self._column(X)
+        classes = np.full((column.n, top), -1, dtype=np.int64)
+        proba = np.full((column.n, top), np.nan, dtype=np.float32)
+        with progress(len(column.items), type(self).__name__, self.verbose) as bar:
+            with column.naming_rows():
+                for rows, both in self._run_batches(column.items, ["logits"], post, bar):
+                    classes[column.present[rows]] = both[:, :top].astype(np.int64)
+                    proba[column.present[rows]] = both[:, top:]
         return classes, proba
 
     def _skfusion_fingerprint(self):
@@ -638,10 +612,10 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             model, extra = None, ("onnx-sha256", sha)
         else:
             model, extra = builtin_store_key() if self.model is None else self.model, ()
-        if self.quantize == "fp16":
+        if self.precision == "fp16":
             extra += (FLOAT16_SETTINGS,)
         # device is ignored: CUDA and CPU agree to the rounding of the number format, which
-        # quantize (in the fingerprint) sets; see TextEncoder._skfusion_fingerprint
+        # precision (in the fingerprint) sets; see TextEncoder._skfusion_fingerprint
         ignore = ("model", "batch_size", "device", "n_jobs", "intra_op_num_threads", "on_error")
         return estimator_fingerprint(
             self, ignore=ignore + ("verbose",), model=model, extra=extra or None

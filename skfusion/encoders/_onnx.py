@@ -8,20 +8,11 @@ from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
 
-from .._progress import progress
 from .._compat import Interval, StrOptions, _fit_context
 from ..storage._hashing import file_digest, sha256_hex
 from ..runtime._session import clear_session
-from ._base import (
-    RawItemEncoderMixin,
-    pad_sequences,
-    column_values,
-    raise_encoding_error,
-    scatter,
-    split_missing,
-)
+from ._base import RawItemEncoderMixin, raise_encoding_error
 
 __all__ = ["OnnxEncoder"]
 
@@ -52,10 +43,6 @@ def _callable_digest(func):
         return f"{name}:{func!r}"
     digest = sha256_hex(code.co_code + repr(code.co_consts).encode())[:16]
     return f"{name}:{digest}"
-
-
-def _accept_any(value):
-    return value
 
 
 class _SetupError(ValueError):
@@ -96,14 +83,14 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         A str: the model input that a single array feeds. A dict: maps the keys returned by
         ``preprocess`` to model input names (keys not in it keep their name).
 
-    output : str or int, default=0
+    output_name : str or int, default=0
         The model output to use, by name or position.
 
-    pooling : {"mean", "cls", "max", "none"}, default="mean"
+    pooling : {"mean", "cls", "max", "flatten"}, default="mean"
         How a sequence output ``(n, T, d)`` (or an NCHW feature map ``(n, C, H, W)``, read as
         ``H*W`` positions of ``C`` channels) becomes one row: mean, first position, element-wise
-        max over the real positions (see ``mask_key``), or ``"none"`` to flatten. 2-D outputs
-        are used as they are.
+        max over the real positions (see ``mask_key``), or ``"flatten"``: every position kept,
+        one after the other. 2-D outputs are used as they are.
 
     mask_key : str, default=None
         Key of the ``preprocess`` dict holding the padding mask ``(n, T)`` (non-zero = real
@@ -146,7 +133,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     input_names_ : list of str
         The model's input names.
 
-    embedding_dim_ : int
+    n_features_out_ : int
         Length of each output row.
 
     See Also
@@ -179,8 +166,8 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         "model": [str, os.PathLike, bytes],
         "preprocess": [callable, None],
         "input_names": [str, Mapping, None],
-        "output": [str, Interval(Integral, 0, None, closed="left")],
-        "pooling": [StrOptions({"mean", "cls", "max", "none"})],
+        "output_name": [str, Interval(Integral, 0, None, closed="left")],
+        "pooling": [StrOptions({"mean", "cls", "max", "flatten"})],
         "mask_key": [str, None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str],
@@ -195,7 +182,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         *,
         preprocess=None,
         input_names=None,
-        output=0,
+        output_name=0,
         pooling="mean",
         mask_key=None,
         batch_size=32,
@@ -207,7 +194,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self.model = model
         self.preprocess = preprocess
         self.input_names = input_names
-        self.output = output
+        self.output_name = output_name
         self.pooling = pooling
         self.mask_key = mask_key
         self.batch_size = batch_size
@@ -292,14 +279,18 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         session = make_session(model_bytes, device="cpu", intra_op_num_threads=1)  # validates
         outputs = session.get_outputs()
         names = [o.name for o in outputs]
-        if isinstance(self.output, str):
-            if self.output not in names:
-                raise ValueError(f"the model has no output {self.output!r}; outputs: {names}")
-            out = outputs[names.index(self.output)]
+        if isinstance(self.output_name, str):
+            if self.output_name not in names:
+                raise ValueError(
+                    f"the model has no output {self.output_name!r}; outputs: {names}"
+                )
+            out = outputs[names.index(self.output_name)]
         else:
-            if self.output >= len(outputs):
-                raise ValueError(f"output={self.output} but the model has outputs {names}")
-            out = outputs[self.output]
+            if self.output_name >= len(outputs):
+                raise ValueError(
+                    f"output_name={self.output_name} but the model has outputs {names}"
+                )
+            out = outputs[self.output_name]
         clear_session(self)
         self.model_bytes_ = model_bytes
         self.model_sha256_ = sha256_hex(model_bytes)
@@ -308,15 +299,20 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self._input_types = {i.name: i.type for i in session.get_inputs()}
         dim = self._static_dim(out.shape)
         if dim is None:
-            n, present, items, labels = self._split(X)
-            if not items:
+            column = self._column(X)
+            if not column.items:
                 raise ValueError(
                     "OnnxEncoder cannot find the output size: the model does not fix it and X "
                     "has no non-missing item to run."
                 )
-            rows = self._encode_rows(items[:2], present[:2], labels, None, None)
-            dim = rows.shape[1]
-        self.embedding_dim_ = int(dim)
+            with column.naming_rows():
+                pieces = [self._pool(out, mask) for _, out, mask in self._run_batches(
+                    column.items[:2]
+                )]
+            if not pieces:
+                raise ValueError("OnnxEncoder cannot find the output size: every item was bad.")
+            dim = pieces[0].shape[1]
+        self.n_features_out_ = int(dim)
         return self
 
     def _static_dim(self, shape):
@@ -324,7 +320,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             return None
         if len(shape) == 2:
             return shape[1]
-        if self.pooling == "none":
+        if self.pooling == "flatten":
             return int(np.prod(shape[1:]))
         if len(shape) == 3:
             return shape[2]
@@ -333,13 +329,6 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         return None
 
     # --- batches ---
-    def _split(self, X):
-        values, labels = column_values(X, type(self).__name__)
-        present, items = split_missing(
-            values, labels, _accept_any, self.on_error, type(self).__name__
-        )
-        return len(values), present, items, labels
-
     def _call_preprocess(self, items):
         func = self.preprocess if self.preprocess is not None else _default_preprocess
         return func(items)
@@ -390,8 +379,8 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             )
         return positions, np.asarray(out), mask
 
-    def _run_batches(self, items, present, labels, bar=None):
-        """Yield (positions, raw output, mask) per batch.
+    def _run_batches(self, items, bar=None):
+        """Yield (positions in ``items``, raw output, mask) per batch.
 
         When a batch fails (``preprocess`` or the model rejects it), its items run one by one
         so that the error names the bad row, or (``on_error="missing"``) only that row is lost.
@@ -399,7 +388,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         lazy = self._lazy_session()
         for start in range(0, len(items), self.batch_size):
             batch = items[start : start + self.batch_size]
-            positions = present[start : start + self.batch_size]
+            positions = np.arange(start, start + len(batch))
             try:
                 result = self._run_one(lazy, batch, positions)
             except _SetupError:
@@ -419,7 +408,7 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 except (TypeError, ValueError) as exc:
                     if self.on_error == "missing":
                         continue
-                    raise_encoding_error(self, positions[j], labels, str(exc), item, exc)
+                    raise_encoding_error(self, positions[j], None, str(exc), item, exc)
                 yield result
 
     @staticmethod
@@ -436,45 +425,21 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
         if out.ndim <= 2:
             return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
-        if self.pooling == "none" or out.ndim > 4:
+        if self.pooling == "flatten" or out.ndim > 4:
             return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
         values, mask = self._as_sequence(out, mask)
         return pool_sequence(values, mask, self.pooling)
 
-    def _encode_rows(self, items, present, labels, n, dim, bar=None):
-        batches = self._run_batches(items, present, labels, bar)
-        pieces = [(kept, self._pool(out, mask)) for kept, out, mask in batches]
-        if n is None:  # fit: just the rows
-            if not pieces:
-                raise ValueError("OnnxEncoder cannot find the output size: every item was bad.")
-            return pieces[0][1]
-        out = np.full((n, dim), np.nan, dtype=np.float32)
-        for kept, rows in pieces:
+    # --- the hooks of RawItemEncoderMixin's template ---
+    def _encode_items(self, items, bar):
+        dim = self.n_features_out_
+        out = np.full((len(items), dim), np.nan, dtype=np.float32)
+        for kept, raw, mask in self._run_batches(items, bar):
+            rows = self._pool(raw, mask)
             if rows.shape[1] != dim:
                 raise ValueError(f"the model gave {rows.shape[1]} features, expected {dim}")
             out[kept] = rows
         return out
-
-    # --- transform ---
-    def transform(self, X):
-        """Run the model on each item; missing rows (and bad ones, with ``on_error="missing"``) NaN.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples,)
-            Raw items: a list, Series, 1-D array or one-column DataFrame.
-
-        Returns
-        -------
-        X_out : ndarray of shape (n_samples, ``embedding_dim_``), dtype float32
-            One row per item.
-        """
-        check_is_fitted(self)
-        n, present, items, labels = self._split(X)
-        if not items:
-            return scatter(n, present, np.empty((0, self.embedding_dim_)), self.embedding_dim_)
-        with progress(len(items), type(self).__name__, self.verbose) as bar:
-            return self._encode_rows(items, present, labels, n, self.embedding_dim_, bar)
 
     def transform_sequence(self, X):
         """The output as a sequence per row, padded to the longest, and its mask.
@@ -494,12 +459,12 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         mask : ndarray of shape (n_samples, T), dtype bool
             True for real positions; all False for a missing row.
         """
-        check_is_fitted(self)
-        n, present, items, labels = self._split(X)
-        pieces = []
-        with progress(len(items), type(self).__name__, self.verbose) as bar:
-            batches = list(self._run_batches(items, present, labels, bar)) if items else []
-        for kept, out, mask in batches:
+        self._check_fitted()
+        return self._encode_column_sequences(X)
+
+    def _encode_item_sequences(self, items, bar):
+        sequences = [None] * len(items)  # None: an item left out (on_error="missing")
+        for kept, out, mask in list(self._run_batches(items, bar)):
             if out.ndim not in (3, 4):
                 raise ValueError(
                     f"transform_sequence needs a sequence output (n, T, d) or (n, C, H, W); "
@@ -509,6 +474,5 @@ class OnnxEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             for j, pos in enumerate(kept):
                 length = int(np.count_nonzero(mask[j])) if mask is not None else values.shape[1]
                 keep = mask[j] != 0 if mask is not None else slice(None)
-                pieces.append((pos, values[j][keep][:length]))
-        dim = pieces[0][1].shape[1] if pieces else self.embedding_dim_
-        return pad_sequences(n, pieces, dim)
+                sequences[pos] = values[j][keep][:length]
+        return sequences

@@ -9,17 +9,13 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
 
-from .._progress import progress
 from .._compat import Interval, StrOptions, _fit_context
 from .._utils import import_optional_dependency
-from ..exceptions import EncodingError
-from ..storage import cached_encode
 from ..runtime._device import resolve_device
 from ..storage._hashing import sha256_hex
 from ..runtime._session import clear_session
-from ._base import RawItemEncoderMixin, column_values, pad_sequences, scatter, split_missing
+from ._base import RawItemEncoderMixin
 from ._text_batches import check_text, length_batches, run_length_batches, tokenize_texts
 
 # resolve_device moved to skfusion.runtime._device and length_batches to ._text_batches; the
@@ -74,10 +70,10 @@ def _refuse_int8_on_cuda(quantize, device):
     """int8 graphs are for CPUs: an explicit CUDA device with them is an error."""
     if quantize == "int8" and _wants_cuda(device):
         raise ValueError(
-            f"quantize='int8' runs on the CPU only, but device={device!r} asks for CUDA: the "
+            f"precision='int8' runs on the CPU only, but device={device!r} asks for CUDA: the "
             "int8 graph's integer products (per-row QuantizeLinear, MatMulIntegerToFloat) are "
             "CPU kernels in ONNX Runtime, which would run on the CPU with copies to and from "
-            "the GPU around them. On a GPU use quantize='fp16' (or None); for int8 use "
+            "the GPU around them. On a GPU use precision='fp16' (or 'fp32'); for int8 use "
             "device='cpu' or 'auto' (with int8, 'auto' runs on the CPU)."
         )
 
@@ -164,8 +160,8 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         ``"auto"``: ONNX when the model folder supports it, unless ``device`` asks for CUDA and
         onnxruntime has no CUDA provider (then torch, which can use the GPU).
 
-    quantize : {None, "int8", "fp16"}, default=None
-        The ONNX model's number format (ONNX backend only). ``None``: float32. ``"int8"``:
+    precision : {"fp32", "fp16", "int8"}, default="fp32"
+        The ONNX model's number format (ONNX backend only). ``"fp32"``: float32. ``"int8"``:
         dynamic int8 quantisation, for CPUs (faster there); BERT models: activations quantised
         per token and weights per output channel, mean cosine to float32 about 0.997; other
         models: ONNX Runtime's dynamic quantisation (one scale per batch, so a row then
@@ -188,7 +184,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         CUDA provider when onnxruntime has one and ``CUDA_VISIBLE_DEVICES`` does not hide
         every GPU; int8 graphs always run on the CPU). Torch backend: ``"auto"`` is CUDA when
         torch sees a GPU. An explicit CUDA device that cannot be used is an error, and so is
-        one with ``quantize="int8"``.
+        one with ``precision="int8"``.
 
     intra_op_num_threads : int, default=None
         ONNX Runtime threads; ``None`` uses
@@ -209,7 +205,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    embedding_dim_ : int
+    n_features_out_ : int
         Length of each embedding.
 
     model_name_or_path_ : str
@@ -222,7 +218,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         Content hash of the model folder (the name itself for a hub model).
 
     onnx_model_ : bytes or None
-        The ONNX model (int8 / float16 as ``quantize`` says), with the outputs
+        The ONNX model (int8 / float16 as ``precision`` says), with the outputs
         ``token_embeddings`` and ``sentence_embedding`` (pooled and normalised inside the
         graph); None for the torch backend.
 
@@ -264,7 +260,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "model_name_or_path": [str, os.PathLike, None],
         "backend": [StrOptions({"auto", "onnx", "torch"})],
-        "quantize": [StrOptions({"int8", "fp16"}), None],
+        "precision": [StrOptions({"fp32", "fp16", "int8"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "normalize_embeddings": ["boolean"],
         "device": [str],
@@ -278,7 +274,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         model_name_or_path=None,
         *,
         backend="auto",
-        quantize=None,
+        precision="fp32",
         batch_size=32,
         normalize_embeddings=False,
         device="auto",
@@ -288,13 +284,17 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     ):
         self.model_name_or_path = model_name_or_path
         self.backend = backend
-        self.quantize = quantize
+        self.precision = precision
         self.batch_size = batch_size
         self.normalize_embeddings = normalize_embeddings
         self.device = device
         self.intra_op_num_threads = intra_op_num_threads
         self.on_error = on_error
         self.verbose = verbose
+
+    def _quantize(self):
+        """``precision`` as the graph builders name it: None (float32), "fp16" or "int8"."""
+        return None if self.precision == "fp32" else self.precision
 
     # --- model identity ---
     def _resolved_model_name(self):
@@ -348,14 +348,16 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             backend, info = self._choose_backend(name)
             model_hash = self._model_hash(name)
             normalize = bool(self.normalize_embeddings or (info and info["normalize"]))
-            graph = _onnx_settings(info, self.quantize, normalize)[0] if backend == "onnx" else None
-            onnx = _stored_sha256(f"{graph}|model={model_hash}") if backend == "onnx" else None
+            graph = onnx = None
+            if backend == "onnx":
+                graph = _onnx_settings(info, self._quantize(), normalize)[0]
+                onnx = _stored_sha256(f"{graph}|model={model_hash}")
         # The device is left out on purpose: CUDA and CPU kernels give the same graph's output
         # up to the rounding of its number format (float32: about 1e-7 of a row's norm, as
         # between two CPUs with other instruction sets; fp16: float16 rounding on both), and
         # a cache filled on a GPU host must serve the CPU host that scores the same model.
-        # The number format itself (quantize) changes the output, so it is in.
-        quantize = self.quantize if backend == "onnx" else None
+        # The number format itself (precision) changes the output, so it is in.
+        quantize = self._quantize() if backend == "onnx" else None
         version = _PIPELINE_VERSION if backend == "onnx" else "st"
         # A fitted ONNX encoder adds the SHA-256 of the bytes that run (verified by the store
         # at fit, checked again before a session is built): rows of other bytes (a planted or
@@ -402,10 +404,10 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
     def _session_device(self):
         """The device of the ONNX session: ``device``, but the CPU for int8 graphs.
 
-        Raises a ``ValueError`` for int8 with an explicit CUDA device (see ``quantize``).
+        Raises a ``ValueError`` for int8 with an explicit CUDA device (see ``precision``).
         """
-        _refuse_int8_on_cuda(self.quantize, self.device)
-        return "cpu" if self.quantize == "int8" else self.device
+        _refuse_int8_on_cuda(self._quantize(), self.device)
+        return "cpu" if self._quantize() == "int8" else self.device
 
     def _threads(self):
         """(session intra-op threads, batches run at once).
@@ -479,16 +481,16 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self : TextEncoder
             The fitted encoder.
         """
-        self._split(X)
-        _refuse_int8_on_cuda(self.quantize, self.device)
+        self._column(X)
+        _refuse_int8_on_cuda(self._quantize(), self.device)
         for key in ("_model", "_tok", "_unrecorded_sha256"):
             self.__dict__.pop(key, None)
         clear_session(self)
         name = self._resolved_model_name()
         backend, info = self._choose_backend(name)
-        if self.quantize is not None and backend != "onnx":
+        if self.precision != "fp32" and backend != "onnx":
             raise ValueError(
-                f"quantize={self.quantize!r} needs the ONNX backend, but backend {backend!r} "
+                f"precision={self.precision!r} needs the ONNX backend, but backend {backend!r} "
                 f"was chosen for {name!r}."
             )
         self.model_name_or_path_ = name
@@ -508,7 +510,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         dim = get_dim()
         if dim is None:
             dim = int(model.encode(["x"], convert_to_numpy=True).shape[1])
-        self.embedding_dim_ = int(dim)
+        self.n_features_out_ = int(dim)
         self.onnx_model_ = None
         self.onnx_sha256_ = None
         self.onnx_graph_ = None
@@ -534,7 +536,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         import_optional_dependency("tokenizers", purpose="TextEncoder")
         folder = info["transformer_dir"]
         normalize = bool(self.normalize_embeddings or info["normalize"])
-        settings, graph = _onnx_settings(info, self.quantize, normalize)
+        settings, graph = _onnx_settings(info, self._quantize(), normalize)
         pooling = tuple(info["pooling"])
 
         def pooled(model_bytes):
@@ -545,18 +547,18 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         if graph == "fused-bert":
             # BERT family: the fused graph written from the weights (no torch needed)
             model_bytes, sha = store_entry(
-                key, lambda: pooled(build_bert_onnx(folder, self.quantize))
+                key, lambda: pooled(build_bert_onnx(folder, self._quantize()))
             )
         else:
             base = f"{EXPORT_SETTINGS}|model={self.model_hash_}"
             with _EXPORT_LOCK:
                 model_bytes = store_get_or_create(base, lambda: export_transformer_onnx(info))
-                if self.quantize == "int8":
+                if self._quantize() == "int8":
                     fp32 = model_bytes
                     model_bytes = store_get_or_create(
                         f"{base}|{INT8_SETTINGS}", lambda: quantize_int8(fp32)
                     )
-                elif self.quantize == "fp16":
+                elif self._quantize() == "fp16":
                     fp32 = model_bytes
                     model_bytes = store_get_or_create(
                         f"{base}|{FLOAT16_SETTINGS}", lambda: float16_model(fp32)
@@ -572,7 +574,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         width = outputs["sentence_embedding"].shape[-1]
         if not isinstance(width, Integral):
             width = self._run_onnx(["x"], "sentence_embedding")[0][1].shape[-1]
-        self.embedding_dim_ = int(width)
+        self.n_features_out_ = int(width)
 
     def _set_tokenizer(self, info, max_length):
         """The fitted tokenizer (truncating at ``max_length``) and the pooling of a folder."""
@@ -589,43 +591,18 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         self._do_lower_case = info["do_lower_case"]
         self._tok = tok
 
-    # --- transform ---
-    def _split(self, X):
-        values, labels = column_values(X, type(self).__name__)
-        present, texts = split_missing(
-            values, labels, check_text, self.on_error, type(self).__name__
-        )
-        return len(values), present, texts, labels
+    # --- transform: the hooks of RawItemEncoderMixin's template ---
+    def _check_item(self, value):
+        return check_text(value)
 
-    def transform(self, X):
-        """Embed each text; missing rows give NaN.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples,)
-            Texts: a list, Series, 1-D array or one-column DataFrame.
-
-        Returns
-        -------
-        X_emb : ndarray of shape (n_samples, ``embedding_dim_``), dtype float32
-            The embeddings.
-        """
-        check_is_fitted(self)
-        n, present, texts, labels = self._split(X)
-        if not texts:
-            rows = np.empty((0, self.embedding_dim_), dtype=np.float32)
-        else:  # the embedding cache passes only the texts it has not seen to the backend
-            backend = self._encode_onnx if self.backend_ == "onnx" else self._encode_torch
-            with progress(len(texts), type(self).__name__, self.verbose) as bar:
-                try:
-                    rows = cached_encode(self, texts, lambda items: backend(items, bar))
-                except EncodingError as exc:  # a row of texts: name it in X
-                    raise exc.relocated(present, labels) from exc
-        return scatter(n, present, rows, self.embedding_dim_)
+    def _encode_items(self, texts, bar):
+        if self.backend_ == "onnx":
+            return self._encode_onnx(texts, bar)
+        return self._encode_torch(texts, bar)
 
     def _encode_torch(self, texts, bar=None):
         model = self._load_model()
-        out = np.empty((len(texts), self.embedding_dim_), dtype=np.float32)
+        out = np.empty((len(texts), self.n_features_out_), dtype=np.float32)
         # chunks of a few batches, so that the progress bar moves (sentence-transformers' own
         # bar would pass tqdm's disable=, which overrides TQDM_DISABLE)
         step = self.batch_size * 8
@@ -656,7 +633,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         """One output per batch, in length order: a list of (row indices, values, mask).
 
         ``output`` is ``"token_embeddings"`` (batch, length, hidden) or ``"sentence_embedding"``
-        (batch, embedding_dim_: pooled and normalised inside the graph). Rows the tokenizer
+        (batch, n_features_out_: pooled and normalised inside the graph). Rows the tokenizer
         rejected (``on_error="missing"``) are in no batch.
         """
         encodings = self._tokenize(texts)
@@ -680,7 +657,7 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         from ..runtime import l2_normalize, pool_sequence
 
         # rows of texts the tokenizer rejected (on_error="missing") stay NaN
-        out = np.full((len(texts), self.embedding_dim_), np.nan, dtype=np.float32)
+        out = np.full((len(texts), self.n_features_out_), np.nan, dtype=np.float32)
         if "sentence_embedding" in self._onnx_session().output_names:
             # pooled (and normalised) inside the graph: on a GPU only these rows come back
             for rows, values, _ in self._run_onnx(texts, "sentence_embedding", bar):
@@ -709,28 +686,22 @@ class TextEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
         mask : ndarray of shape (n_samples, T), dtype bool
             True for real tokens; all False for a missing row.
         """
-        check_is_fitted(self)
-        n, present, texts, labels = self._split(X)
-        with progress(len(texts), type(self).__name__, self.verbose) as bar:
-            if self.backend_ == "onnx":
-                pieces = []
-                try:
-                    batches = self._run_onnx(texts, bar=bar) if texts else []
-                except EncodingError as exc:
-                    raise exc.relocated(present, labels) from exc
-                for rows, values, mask in batches:
-                    for j, i in enumerate(rows):
-                        length = int(mask[j].sum())
-                        pieces.append((present[i], values[j, :length]))
-            else:
-                pieces = list(zip(present, self._torch_tokens(texts, bar)))
-        dim = pieces[0][1].shape[1] if pieces else self._token_dim()
-        return pad_sequences(n, pieces, dim)
+        self._check_fitted()
+        return self._encode_column_sequences(X)
 
-    def _token_dim(self):
+    def _encode_item_sequences(self, texts, bar):
+        if self.backend_ != "onnx":
+            return self._torch_tokens(texts, bar)
+        sequences = [None] * len(texts)  # None: a text the tokenizer rejected
+        for rows, values, mask in self._run_onnx(texts, bar=bar):
+            for j, i in enumerate(rows):
+                sequences[i] = values[j, : int(mask[j].sum())]
+        return sequences
+
+    def _empty_sequence_shape(self):
         if self.backend_ == "onnx" and self.pooling_:
-            return self.embedding_dim_ // len(self.pooling_)
-        return self.embedding_dim_
+            return 1, self.n_features_out_ // len(self.pooling_)
+        return 1, self.n_features_out_
 
     def _torch_tokens(self, texts, bar=None):
         if not texts:
