@@ -29,7 +29,7 @@ epoch; decision values cross-fitted over 2 folds of the train split), alone and 
 tabular and words modalities; third, the same encoder tuned for 2 epochs on the train rows
 rated 2 to 4 only, where the rating does not settle the label.
 
-Run: ``.venv/bin/python benchmarks/bench_reviews.py [--quantize int8|none] [--tuned] [--test]``
+Run: ``.venv/bin/python benchmarks/bench_reviews.py [--precision int8|fp32] [--tuned] [--test]``
 (under a minute on the 2-core machine once the texts are encoded; encoding all 47k texts
 takes about 2.5 minutes in int8 and 7 in float32, each tuning about 10 minutes.
 ``SKFUSION_CACHE_DIR=DIR`` keeps the embeddings on disk for the next run, and the model store
@@ -63,9 +63,9 @@ def lr(C=1.0):
     return LogisticRegression(C=C, max_iter=3000)
 
 
-def embed(texts, quantize):
+def embed(texts, precision):
     """Embeddings of a text column, zeros and a missing flag where the text is missing."""
-    E = np.asarray(TextEncoder(quantize=quantize).fit_transform(texts), dtype=np.float64)
+    E = np.asarray(TextEncoder(precision=precision).fit_transform(texts), dtype=np.float64)
     missing = np.isnan(E).any(axis=1)
     return np.c_[np.nan_to_num(E), missing]
 
@@ -97,10 +97,10 @@ class Blocks:
         if name == "tuned_mixed":
             # tuned only on the train rows rated 2-4, where the text decides (with 2 epochs);
             # cross-fitted there, and scored by the tuned model on the other train rows
-            enc = FineTunedTextEncoder(quantize=self.quantize, random_state=0, **TUNING_MIXED)
+            enc = FineTunedTextEncoder(precision=self.precision, random_state=0, **TUNING_MIXED)
             fit = self.X["train"]["Rating"].isin(MIXED).to_numpy()
         else:
-            enc = FineTunedTextEncoder(quantize=self.quantize, random_state=0, **TUNING)
+            enc = FineTunedTextEncoder(precision=self.precision, random_state=0, **TUNING)
             fit = np.ones(len(self.y["train"]), dtype=bool)
         start = time.perf_counter()
         train = np.empty((len(fit), 1))  # binary target: one decision value per text
@@ -114,10 +114,10 @@ class Blocks:
         for s, E in rows.items():
             self._cache[(name, s)] = np.asarray(E, dtype=np.float64)
 
-    def __init__(self, X, y, split, quantize):
+    def __init__(self, X, y, split, precision):
         self.y = {s: y[split == s].to_numpy() for s in ("train", "val", "test")}
         self.X = {s: X[split == s] for s in ("train", "val", "test")}
-        self.quantize = quantize
+        self.precision = precision
         self._cache = {}
         self.tune_s = {}
 
@@ -127,7 +127,7 @@ class Blocks:
             X = self.X[s]
             if name in ("review", "title"):
                 col = "Review Text" if name == "review" else "Title"
-                self._cache[key] = embed(X[col], self.quantize)
+                self._cache[key] = embed(X[col], self.precision)
             elif name in ("tuned", "tuned_rated", "tuned_mixed"):
                 self._tune(name)
             else:
@@ -303,7 +303,7 @@ TUNED_ROWS = [
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quantize", choices=["int8", "none"], default="int8")
+    parser.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     parser.add_argument("--test", action="store_true", help="also score the test split")
     parser.add_argument(
         "--tuned", action="store_true",
@@ -313,12 +313,11 @@ def main():
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     data = load_clothing_reviews()
-    quantize = None if args.quantize == "none" else args.quantize
-    b = Blocks(data.data, data.target, data.split, quantize)
+    b = Blocks(data.data, data.target, data.split, args.precision)
     t0 = time.perf_counter()
     for s in ("train", "val", "test"):
         b.block("review", s), b.block("title", s)
-    print(f"encoded review and title ({args.quantize}) in {time.perf_counter() - t0:.0f} s")
+    print(f"encoded review and title ({args.precision}) in {time.perf_counter() - t0:.0f} s")
     rows = ROWS
     if args.tuned:
         for name in ("tuned", "tuned_rated", "tuned_mixed"):

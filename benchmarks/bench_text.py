@@ -68,7 +68,7 @@ def main():
 
     common = dict(device="cpu", batch_size=args.batch_size, intra_op_num_threads=args.threads)
     fp32 = TextEncoder(model_path, backend="onnx", **common).fit(["x"])
-    int8 = TextEncoder(model_path, backend="onnx", quantize="int8", **common).fit(["x"])
+    int8 = TextEncoder(model_path, backend="onnx", precision="int8", **common).fit(["x"])
     encodings = fp32._tokenize(texts)
     n_tokens = np.array([len(e.ids) for e in encodings])
 

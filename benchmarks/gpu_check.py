@@ -320,7 +320,7 @@ def text_encoders(model, batch_size, cuda):
     return {
         "cpu fp32": TextEncoder(model, device="cpu", **common).fit(["x"]),
         "cuda fp32": TextEncoder(model, device=device, **common).fit(["x"]),
-        "cuda fp16": TextEncoder(model, device=device, quantize="fp16", **common).fit(["x"]),
+        "cuda fp16": TextEncoder(model, device=device, precision="fp16", **common).fit(["x"]),
     }
 
 
@@ -437,7 +437,7 @@ def check_images(n_images, batch_size):
         return "SKIP", f"the MobileNetV2 export needs: {exc}"
     encoders = {
         "cuda fp32": ImageEncoder(device=device, batch_size=batch_size).fit(images[:1]),
-        "cuda fp16": ImageEncoder(device=device, batch_size=batch_size, quantize="fp16").fit(
+        "cuda fp16": ImageEncoder(device=device, batch_size=batch_size, precision="fp16").fit(
             images[:1]
         ),
     }
@@ -529,8 +529,8 @@ def check_round_trip_onnx(model, X, y, X_new):
 
     cuda = ort_cuda_usable()
     lines = []
-    for quantize in (None, "fp16"):
-        encoder = TextEncoder(model, backend="onnx", device="auto", quantize=quantize)
+    for precision in ("fp32", "fp16"):
+        encoder = TextEncoder(model, backend="onnx", device="auto", precision=precision)
         pipe = _fusion_pipeline(encoder).fit(X, y)
         fitted = pipe[0].named_transformers_["text"]
         parent = fitted._onnx_session().session.get_providers()
@@ -561,7 +561,7 @@ def check_round_trip_onnx(model, X, y, X_new):
         sure = np.abs(expected[:, 1] - 0.5) > slack
         assert (proba.argmax(1) == expected.argmax(1))[sure].all(), "predicted classes differ"
         lines.append(
-            f"{quantize or 'fp32'}: fitted on {parent[0]}, scored on {child[0]}: max |proba "
+            f"{precision}: fitted on {parent[0]}, scored on {child[0]}: max |proba "
             f"diff| {diff.max():.2e} (derived bound {slack.max():.2e}), max |feature diff| "
             f"{np.abs(z_cpu - z_gpu).max():.2e}"
         )

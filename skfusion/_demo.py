@@ -50,7 +50,7 @@ def title_and_review(X):
     return (title.fillna("").astype(str) + " . " + review.fillna("").astype(str)).to_numpy()
 
 
-def build_modalities(*, words=False, quantize=None):
+def build_modalities(*, words=False, precision="fp32"):
     """The demo's modality spec: review text, title text, the tabular columns (and words).
 
     Parameters
@@ -60,8 +60,8 @@ def build_modalities(*, words=False, quantize=None):
         joined (:func:`title_and_review`), fitted on the training rows. The embeddings see
         the sense of a text, the words its exact terms ("runs small", "returned"); on the
         reviews each adds to the other (``benchmarks/bench_reviews.py``).
-    quantize : {None, "int8"}, default=None
-        The text encoders' number format (``TextEncoder(quantize=...)``).
+    precision : {"fp32", "int8"}, default="fp32"
+        The text encoders' number format (``TextEncoder(precision=...)``).
 
     Returns
     -------
@@ -80,8 +80,8 @@ def build_modalities(*, words=False, quantize=None):
         (OneHotEncoder(handle_unknown="ignore", sparse_output=False), CATEGORICAL_COLUMNS),
     )
     modalities = [
-        ("review", TextEncoder(quantize=quantize), "Review Text"),
-        ("title", TextEncoder(quantize=quantize), "Title"),
+        ("review", TextEncoder(precision=precision), "Review Text"),
+        ("title", TextEncoder(precision=precision), "Title"),
         ("tab", tabular, NUMERICAL_COLUMNS + CATEGORICAL_COLUMNS),
     ]
     if words:
@@ -187,7 +187,7 @@ def _run_demo(*, quick, cv, n_jobs, output, seed):
         f"(published Multimodal-Toolkit split){' [quick]' if quick else ''}",
         t0,
     )
-    modalities = build_modalities(words=True, quantize="int8")
+    modalities = build_modalities(words=True, precision="int8")
     text, tab, words = modalities[:2], modalities[2:3], modalities[3:]
 
     def lr(C=1.0):
