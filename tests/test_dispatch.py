@@ -164,3 +164,18 @@ def test_user_guide_grid_example_runs():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the short attention runs
         runner.run(test)
     assert runner.tries >= 10 and runner.failures == 0
+
+
+def test_methods_before_fit_are_those_of_the_estimator_fit_would_build():
+    """``hasattr`` on an unfitted dispatcher asks the strategy estimator ``fit`` builds."""
+    from sklearn.svm import LinearSVC
+
+    spec = modalities()[1:]
+    assert hasattr(FusionClassifier(spec), "predict_proba")
+    assert hasattr(FusionClassifier(spec), "decision_function")
+    # a head without predict_proba; attention fusion has no decision_function
+    assert not hasattr(FusionClassifier(spec, estimator=LinearSVC()), "predict_proba")
+    assert not hasattr(FusionClassifier(spec, fusion="attention"), "decision_function")
+    assert hasattr(FusionClassifier(spec, fusion="attention"), "predict_proba")
+    late = FusionClassifier(spec, fusion="late", final_estimator=LinearSVC())
+    assert not hasattr(late, "predict_proba") and hasattr(late, "decision_function")

@@ -278,3 +278,11 @@ def test_persists_with_skops(reviews, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X.iloc[:20]),
                                   clf.predict_proba(X.iloc[:20]))
     pd.testing.assert_series_equal(loaded.modality_weights_, clf.modality_weights_)
+
+
+def test_methods_before_fit_follow_the_final_estimator():
+    """Before fit, the methods are those of the final estimator fit would train."""
+    tab = [("tab", StandardScaler(), ["Age", "Rating"])]
+    assert hasattr(LateFusionClassifier(tab), "predict_proba")  # the default final estimator
+    no_proba = LateFusionClassifier(tab, final_estimator=LinearSVC())
+    assert not hasattr(no_proba, "predict_proba") and hasattr(no_proba, "decision_function")

@@ -11,9 +11,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from .. import _compat
@@ -25,21 +23,17 @@ from ._attention_net import (
     init_params,
     modality_attention,
 )
-from ._base import _BaseFusion, _fit_encode_one
+from ._base import _BaseFusion, _fit_encode_one, densify, encode_classes, numeric_target
 
 __all__ = ["AttentionFusionClassifier", "AttentionFusionRegressor"]
 
 _PREDICT_BATCH = 256  # rows per numpy forward pass at predict time (bounds memory)
 
 
-def _dense(block):
-    return block.toarray() if hasattr(block, "toarray") else block
-
-
 def _fit_encode_dense(mod, trans, Xm, y, present, params, *, sequence):
     """Fit one modality's transformer; pooled features (dense) or a token sequence."""
     trans, out = _fit_encode_one(mod, trans, Xm, y, present, params, sequence=sequence)
-    return trans, (out if sequence else _dense(out)), sequence
+    return trans, (out if sequence else densify(out)), sequence
 
 
 class _BaseAttentionFusion(_BaseFusion):
@@ -178,7 +172,7 @@ class _BaseAttentionFusion(_BaseFusion):
         inputs, valid = [], []
         presence = presence.copy()
         for j, (feat, seq) in enumerate(zip(features, self._sequence)):
-            values, tok_valid = (feat[0], feat[1]) if seq else (_dense(feat), None)
+            values, tok_valid = (feat[0], feat[1]) if seq else (densify(feat), None)
             z = np.array(values, dtype=np.float32)  # one copy, standardised in place
             with np.errstate(all="ignore"):
                 z -= self._means[j]
@@ -354,12 +348,7 @@ class _BaseAttentionFusion(_BaseFusion):
         return tags
 
 
-_PARAMS_DOC = """
-    Parameters
-    ----------
-    modalities : list of (str, transformer, columns) tuples
-        The modality spec, as in :class:`EarlyFusion`. ``"drop"`` modalities are left out.
-
+_NETWORK_PARAMS_DOC = """
     d_model : int, default=32
         Width of every token.
 
@@ -424,7 +413,14 @@ _PARAMS_DOC = """
         Where torch trains: ``"auto"`` picks CUDA when torch sees a GPU. Prediction always
         runs in numpy on the CPU.
 
-    n_jobs : int, default=None
+"""
+
+_PARAMS_DOC = """
+    Parameters
+    ----------
+    modalities : list of (str, transformer, columns) tuples
+        The modality spec, as in :class:`EarlyFusion`. ``"drop"`` modalities are left out.
+""" + _NETWORK_PARAMS_DOC + """    n_jobs : int, default=None
         Modalities encoded in parallel. ``None`` means 1 unless in a
         :func:`joblib.parallel_config` context; ``-1`` means all processors.
 
@@ -520,15 +516,7 @@ class AttentionFusionClassifier(ClassifierMixin, _BaseAttentionFusion):
     _task = "classification"
 
     def _prepare_y(self, y):
-        check_classification_targets(y)
-        self._label_encoder = LabelEncoder().fit(y)
-        self.classes_ = self._label_encoder.classes_
-        if len(self.classes_) < 2:
-            raise ValueError(
-                f"The target has only one class ({self.classes_[0]!r}); a classifier needs at "
-                "least two."
-            )
-        return self._label_encoder.transform(y).astype(np.int64)
+        return encode_classes(self, y).astype(np.int64)
 
     _methods = {"predict", "predict_proba"}
 
@@ -609,10 +597,7 @@ class AttentionFusionRegressor(RegressorMixin, _BaseAttentionFusion):
     _task = "regression"
 
     def _prepare_y(self, y):
-        try:
-            y = np.asarray(y, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"The regression target must be numeric ({exc}).") from exc
+        y = numeric_target(y)
         self._y_mean = float(y.mean())
         std = float(y.std())
         self._y_scale = std if std > 1e-12 else 1.0

@@ -11,6 +11,7 @@ transformers on the rows where their modality is present.
 # SPDX-License-Identifier: BSD-3-Clause
 
 import functools
+import inspect
 import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ from scipy import sparse
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import get_tags
-from sklearn.utils.metaestimators import _BaseComposition
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import (
     check_array,
@@ -30,6 +30,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from .._compat import _BaseComposition
 from .._utils import is_missing_item, missing_mask_1d
 from ..encoders._base import RawItemEncoderMixin
 from ..exceptions import EncodingError
@@ -422,7 +423,7 @@ class _BaseFusion(_BaseComposition):
                     f"{enc.width} at fit time."
                 )
             presence[:, j] = encoded_presence(out, present)
-            blocks.append(_scatter_block(out, present, enc.width, enc.sequence))
+            blocks.append(scatter_rows(out, present, enc.width, sequence=enc.sequence))
         return EncodedModalities([e.name for e in encoders], blocks, presence)
 
     @staticmethod
@@ -433,7 +434,7 @@ class _BaseFusion(_BaseComposition):
             width = _block_width(out, seq)
             encoders.append(_Encoder(mod, trans, width, seq))
             presence.append(encoded_presence(out, present))
-            blocks.append(_scatter_block(out, present, width, seq))
+            blocks.append(scatter_rows(out, present, width, sequence=seq))
         return encoders, EncodedModalities(
             [e.name for e in encoders], blocks, np.column_stack(presence)
         )
@@ -452,7 +453,7 @@ class _BaseFusion(_BaseComposition):
 
     def _visual_modalities(self, heads=None):
         """``_VisualBlock`` of the modalities side by side (name, columns, transformer)."""
-        from sklearn.utils._repr_html.estimator import _VisualBlock
+        from .._compat import _VisualBlock
 
         if hasattr(self, "_encoders"):
             items = [(e.name, e.transformer, e.mod.columns) for e in self._encoders]
@@ -507,7 +508,7 @@ def _timed(func, est, message):
 
 
 def _call_timed(func, source, message, *args, **kwargs):
-    from sklearn.utils._user_interface import _print_elapsed_time
+    from .._compat import _print_elapsed_time
 
     with _print_elapsed_time(source, message):
         return func(*args, **kwargs)
@@ -608,21 +609,157 @@ def encoded_presence(block, present):
     return present
 
 
-def scatter_rows(block, present, n_features=None):
-    """Place the rows of ``block`` (the present rows) into an (n, d) matrix; absent rows NaN.
+def scatter_rows(block, present, n_features=None, fill=np.nan, *, sequence=False):
+    """Place the rows of ``block`` (the present rows) into an (n, d) matrix.
 
-    Sparse blocks get all-zero rows for absent rows instead of NaN.
+    Absent rows get ``fill`` (a scalar or a row of ``d`` values; NaN by default). Sparse
+    blocks get all-zero rows for absent rows instead, and ``(values, mask)`` token sequences
+    (``sequence=True``) zero tokens with an all-False mask. ``block=None`` (no present row)
+    needs ``n_features``.
     """
     n = present.shape[0]
+    if sequence:
+        return _scatter_sequence(block, present, n_features)
     if block is None:
-        return np.full((n, n_features), np.nan)
+        block = np.empty((0, n_features))
     if sparse.issparse(block):
         idx = np.flatnonzero(present)
         S = sparse.csr_matrix((np.ones(idx.size), (idx, np.arange(idx.size))), shape=(n, idx.size))
         return (S @ block).tocsr()
-    out = np.full((n, block.shape[1]), np.nan, dtype=np.float64)
+    out = np.empty((n, block.shape[1]), dtype=np.float64)
+    out[~present] = fill
     out[present] = block
     return out
+
+
+def _scatter_sequence(block, present, width):
+    n = present.shape[0]
+    if block is None:
+        return np.zeros((n, 1, width), dtype=np.float32), np.zeros((n, 1), dtype=bool)
+    values, mask = block
+    if present.all():
+        return values, mask
+    full = np.zeros((n,) + values.shape[1:], dtype=np.float32)
+    full_mask = np.zeros((n, values.shape[1]), dtype=bool)
+    full[present] = values
+    full_mask[present] = mask
+    return full, full_mask
+
+
+def densify(block):
+    """A dense ndarray of ``block`` (sparse matrices made dense, others as they are)."""
+    return block.toarray() if sparse.issparse(block) else block
+
+
+def weighted_nanmean(values, weights=None):
+    """Column means of ``values`` ignoring NaN, weighted by ``weights`` (rows) when given.
+
+    A weight of 2 counts as a repeated row. Columns without a (weighted) value give NaN.
+    """
+    if weights is None:
+        with np.errstate(all="ignore"):
+            return np.nanmean(values, axis=0) if values.shape[0] else np.zeros(values.shape[1])
+    weights = np.asarray(weights, dtype=np.float64)
+    ok = ~np.isnan(values)
+    with np.errstate(all="ignore"):
+        return np.where(ok, values, 0.0).T @ weights / (ok * weights[:, None]).sum(axis=0)
+
+
+def encode_classes(est, y):
+    """Classifier targets as codes 0..n_classes-1; sets ``classes_`` and ``_label_encoder``."""
+    from sklearn.preprocessing import LabelEncoder
+    from sklearn.utils.multiclass import check_classification_targets
+
+    check_classification_targets(y)
+    est._label_encoder = LabelEncoder().fit(y)
+    est.classes_ = est._label_encoder.classes_
+    if len(est.classes_) < 2:
+        raise ValueError(
+            f"The target has only one class ({est.classes_[0]!r}); a classifier needs at "
+            "least two."
+        )
+    return est._label_encoder.transform(y)
+
+
+def numeric_target(y):
+    """A regression target as float64, with a clear error when it is not numeric."""
+    try:
+        return np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"The regression target must be numeric ({exc}).") from exc
+
+
+# --- sample_weight with metadata routing off ------------------------------------------------
+
+_ROUTE_HINT = (
+    "Use an estimator whose fit takes sample_weight, or route the weights instead: "
+    "sklearn.set_config(enable_metadata_routing=True), then "
+    "set_fit_request(sample_weight=True) on the estimators that should get them (the others "
+    "get none)."
+)
+
+
+def _weight_key(estimator):
+    """The ``fit`` keyword that carries ``sample_weight`` to ``estimator`` with routing off.
+
+    ``"sample_weight"`` when its ``fit`` names it or takes ``**kwargs`` (a meta-estimator
+    passes them on, as :class:`~sklearn.ensemble.StackingClassifier` lets it);
+    ``"<last step>__sample_weight"`` for a Pipeline whose last step takes them (how
+    :meth:`sklearn.pipeline.Pipeline.fit` takes step parameters); None when it cannot.
+    """
+    if isinstance(estimator, Pipeline):
+        name, last = estimator.steps[-1]
+        key = None if last is None or isinstance(last, str) else _weight_key(last)
+        return None if key is None else f"{name}__{key}"
+    try:
+        params = inspect.signature(estimator.fit).parameters
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if "sample_weight" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return "sample_weight"
+    return None
+
+
+def _estimator_text(estimator):
+    if isinstance(estimator, Pipeline):
+        last = estimator.steps[-1][1]
+        inner = last if isinstance(last, str) or last is None else _estimator_text(last)
+        return f"Pipeline ending in {inner}"
+    return type(estimator).__name__
+
+
+def weight_params(estimator, sample_weight, *, owner, role):
+    """``fit`` keyword arguments that give ``estimator`` the weights, with routing off.
+
+    ``{}`` without weights. Otherwise the weights reach ``estimator.fit`` (a Pipeline's last
+    step), or a TypeError names the estimator that cannot take them and says how to route
+    them, as ``sklearn.ensemble``'s stacking does: weights are never dropped silently.
+
+    Parameters
+    ----------
+    estimator : estimator
+        The estimator about to be fitted.
+    sample_weight : array-like of shape (n_samples,) or None
+        The weights.
+    owner : str
+        The estimator whose ``fit`` got the weights, named in the error.
+    role : str
+        What ``estimator`` is to ``owner`` ("the final estimator"...), named in the error.
+
+    Returns
+    -------
+    params : dict
+        ``{key: sample_weight}`` for ``estimator.fit``, or ``{}``.
+    """
+    if sample_weight is None:
+        return {}
+    key = _weight_key(estimator)
+    if key is None:
+        raise TypeError(
+            f"{owner}.fit got sample_weight, but {_estimator_text(estimator)} ({role}) does "
+            f"not take sample_weight in its fit, so the weights cannot reach it. {_ROUTE_HINT}"
+        )
+    return {key: sample_weight}
 
 
 # --- the per-modality engine ------------------------------------------------------------------
@@ -844,23 +981,6 @@ def _block_width(out, sequence):
     if out is None:
         return None
     return out[0].shape[-1] if sequence else out.shape[1]
-
-
-def _scatter_block(out, present, width, sequence):
-    """A modality's present-rows output placed into all rows (filler where absent)."""
-    if not sequence:
-        return scatter_rows(out, present, width)
-    n = present.shape[0]
-    if out is None:
-        return np.zeros((n, 1, width), dtype=np.float32), np.zeros((n, 1), dtype=bool)
-    values, mask = out
-    if present.all():
-        return values, mask
-    full = np.zeros((n,) + values.shape[1:], dtype=np.float32)
-    full_mask = np.zeros((n, values.shape[1]), dtype=bool)
-    full[present] = values
-    full_mask[present] = mask
-    return full, full_mask
 
 
 def _take_y(y, mask):

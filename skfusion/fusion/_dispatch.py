@@ -2,22 +2,31 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
-from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context, clone
+import re
+import string
+
+from sklearn.base import ClassifierMixin, RegressorMixin, clone
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.pipeline import Pipeline
-from sklearn.utils._metadata_requests import (
-    MetadataRouter,
-    MethodMapping,
+from sklearn.utils.metadata_routing import MetadataRouter, MethodMapping, process_routing
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
+
+from .._compat import (
+    HasMethods,
+    StrOptions,
+    _estimator_has,
+    _fit_context,
     _raise_for_params,
     _routing_enabled,
-    process_routing,
 )
-from sklearn.utils._param_validation import HasMethods, StrOptions
-from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted, has_fit_parameter
-
-from ._attention import AttentionFusionClassifier, AttentionFusionRegressor, _BaseAttentionFusion
-from ._base import _BaseFusion
+from ._attention import (
+    _NETWORK_PARAMS_DOC,
+    AttentionFusionClassifier,
+    AttentionFusionRegressor,
+    _BaseAttentionFusion,
+)
+from ._base import _BaseFusion, weight_params
 from ._early import EarlyFusion
 from ._late import LateFusionClassifier, LateFusionRegressor, _BaseLateFusion
 
@@ -25,28 +34,79 @@ __all__ = ["FusionClassifier", "FusionRegressor"]
 
 FUSION_TYPES = ("early", "late", "attention")
 
-# Which constructor parameters each strategy takes (besides ``modalities``); the dispatcher's
-# signature is their union, and ``test_dispatch.py`` checks that it stays so.
-_EARLY_PARAMS = ("weights", "scaling", "presence_flags", "n_jobs", "verbose")
-_LATE_PARAMS = (
-    "estimator", "modality_estimators", "final_estimator", "cv", "stack_method", "passthrough",
-    "n_jobs", "verbose",
+
+def _strategy_params(cls):
+    """The constructor parameters of a strategy's estimator, besides ``modalities``.
+
+    Read from the class itself, so the dispatcher forwards exactly what each strategy takes;
+    the dispatcher's own signature is their union (``test_dispatch.py`` checks it).
+    """
+    return [p for p in cls._get_param_names() if p != "modalities"]
+
+
+_PARAMETERS_DOC = string.Template(
+    """    Parameters
+    ----------
+    modalities : list of (str, transformer, columns) tuples
+        The modality spec, as in :class:`EarlyFusion`.
+
+    fusion : {"early", "late", "attention"}, default="early"
+        The fusion strategy.
+
+    estimator : $model, default=None
+        The model on the fused features (early) or, cloned, per modality (late). ``None``
+        means $default. Ignored by attention fusion.
+
+    weights : dict of str to float, default=None
+        Early fusion only. Multiplier of each modality's features, see :class:`EarlyFusion`.
+
+    scaling : {"standard", "block"} or None, default=None
+        Early fusion only. How each modality's features are standardised, see
+        :class:`EarlyFusion`.
+
+    presence_flags : {"auto", "always", "never"}, default="auto"
+        Early fusion only. Which modalities get a presence flag column, see
+        :class:`EarlyFusion`.
+
+    modality_estimators : dict of str to $model, default=None
+        Late fusion only. Per-modality overrides of ``estimator``, by modality name.
+
+    final_estimator : $model, default=None
+        Late fusion only. The model on the stacked per-modality outputs. ``None`` means
+        $default.
+
+    cv : int, cross-validation generator, iterable or "prefit", default=None
+        Late fusion only. How the out-of-fold predictions are made, see :class:`$late`.
+
+    stack_method : $stack_methods, default="auto"
+        Late fusion only. Which output of the per-modality models is stacked, see
+        :class:`$late`.
+
+    passthrough : bool, default=False
+        Late fusion only. If True, the final estimator also receives the modality features.
+$attention    n_jobs : int, default=None
+        Modalities fitted and encoded in parallel, by every strategy. ``None`` means 1
+        unless in a :func:`joblib.parallel_config` context; ``-1`` means all processors.
+
+    verbose : int, default=0
+        Verbosity of every strategy: stages and durations, the encoders' progress bars.
+"""
 )
-_ATTENTION_PARAMS = (
-    "d_model", "n_heads", "n_layers", "n_tokens", "dim_feedforward", "dropout",
-    "modality_dropout", "use_sequences", "max_iter", "batch_size", "learning_rate_init",
-    "alpha", "early_stopping", "validation_fraction", "n_iter_no_change", "tol",
-    "random_state", "device", "n_jobs", "verbose",
-)
+
+
+def _parameters_doc(model, default, late, stack_methods):
+    """The Parameters section of a dispatcher: every strategy's parameters, typed."""
+    # attention fusion's own text, each entry marked as used by that strategy only
+    network = re.sub(r"(\n    \w+ : [^\n]*\n        )", r"\1Attention fusion only. ",
+                     _NETWORK_PARAMS_DOC)
+    return _PARAMETERS_DOC.substitute(
+        model=model, default=default, late=late, stack_methods=stack_methods, attention=network
+    )
 
 
 def _fitted_has(attr):
-    def check(self):
-        if hasattr(self, "estimator_"):
-            return hasattr(self.estimator_, attr)
-        return True
-
-    return check
+    # the fitted strategy estimator, else the one fit would build
+    return _estimator_has(attr, delegates=("estimator_", "_strategy_estimator"))
 
 
 class _BaseFusionDispatch(_BaseFusion):
@@ -128,20 +188,26 @@ class _BaseFusionDispatch(_BaseFusion):
     def _head(self):
         return self.estimator if self.estimator is not None else self._default_estimator()
 
+    def _strategy(self, cls):
+        """An unfitted ``cls`` with every one of its parameters taken from this estimator."""
+        return cls(self.modalities, **{p: getattr(self, p) for p in _strategy_params(cls)})
+
     def _make_estimator(self):
         """The unfitted strategy estimator, with every parameter of that strategy forwarded."""
         if self.fusion == "early":
-            fusion = EarlyFusion(self.modalities, **{p: getattr(self, p) for p in _EARLY_PARAMS})
+            fusion = self._strategy(EarlyFusion)
             return Pipeline([("fusion", fusion), ("estimator", clone(self._head()))])
         if self.fusion == "attention":
-            est = self._attention_class(
-                self.modalities, **{p: getattr(self, p) for p in _ATTENTION_PARAMS}
-            )
+            est = self._strategy(self._attention_class)
             if _routing_enabled():
                 # the network's loss consumes the weights routed to this estimator
                 est.set_fit_request(sample_weight=True)
             return est
-        return self._late_class(self.modalities, **{p: getattr(self, p) for p in _LATE_PARAMS})
+        return self._strategy(self._late_class)
+
+    @property
+    def _strategy_estimator(self):
+        return self._make_estimator()
 
     @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y, sample_weight=None, **fit_params):
@@ -179,13 +245,12 @@ class _BaseFusionDispatch(_BaseFusion):
         elif sample_weight is None:
             params = {}
         elif self.fusion == "early":
-            head = inner[-1]
-            params = (
-                {"estimator__sample_weight": sample_weight}
-                if has_fit_parameter(head, "sample_weight")
-                else {}
-            )
-        else:
+            # the head gets them (a Pipeline head through its last step) or a TypeError
+            # names it; the modality transformers do not, as in a Pipeline's first steps
+            head = weight_params(inner[-1], sample_weight, owner=type(self).__name__,
+                                 role="the estimator")
+            params = {f"estimator__{k}": v for k, v in head.items()}
+        else:  # late fusion passes them on (or names who cannot take them); attention's loss
             params = {"sample_weight": sample_weight}
         self.estimator_ = inner.fit(X, y, **params)
         return self
@@ -252,7 +317,7 @@ class _BaseFusionDispatch(_BaseFusion):
         return self._predict_encoded(self._encode(X), "predict")
 
     def _sk_visual_block_(self):
-        from sklearn.utils._repr_html.estimator import _VisualBlock
+        from .._compat import _VisualBlock
 
         inner = self.estimator_ if hasattr(self, "estimator_") else self._make_estimator()
         return _VisualBlock("serial", [inner], names=[f"fusion={self.fusion!r}"],
@@ -280,37 +345,7 @@ class FusionClassifier(ClassifierMixin, _BaseFusionDispatch):
 
     Read more in the :ref:`User Guide <fusion_dispatch>`.
 
-    Parameters
-    ----------
-    modalities : list of (str, transformer, columns) tuples
-        The modality spec, as in :class:`EarlyFusion`.
-
-    fusion : {"early", "late", "attention"}, default="early"
-        The fusion strategy.
-
-    estimator : classifier, default=None
-        The model on the fused features (early) or, cloned, per modality (late). ``None``
-        means :class:`~sklearn.linear_model.LogisticRegression`. Ignored by attention fusion.
-
-    weights, scaling, presence_flags
-        Early fusion's parameters, see :class:`EarlyFusion`; ignored by the other strategies.
-
-    modality_estimators, final_estimator, cv, stack_method, passthrough
-        Late fusion's parameters, see :class:`LateFusionClassifier`; ignored by the other
-        strategies.
-
-    d_model, n_heads, n_layers, n_tokens, dim_feedforward, dropout, modality_dropout, \
-use_sequences, max_iter, batch_size, learning_rate_init, alpha, early_stopping, \
-validation_fraction, n_iter_no_change, tol, random_state, device
-        Attention fusion's parameters, see :class:`AttentionFusionClassifier`; ignored by
-        the other strategies. Defaults are that class's.
-
-    n_jobs : int, default=None
-        Modalities fitted and encoded in parallel, by every strategy.
-
-    verbose : int, default=0
-        Verbosity of every strategy: stages and durations, the encoders' progress bars.
-
+%(parameters)s
     Attributes
     ----------
     estimator_ : estimator
@@ -398,6 +433,12 @@ validation_fraction, n_iter_no_change, tol, random_state, device
         return self._predict_encoded(self._encode(X), "decision_function")
 
 
+FusionClassifier.__doc__ %= {"parameters": _parameters_doc(
+    "classifier", ":class:`~sklearn.linear_model.LogisticRegression`", "LateFusionClassifier",
+    '{"auto", "predict_proba", "decision_function", "predict"}',
+)}
+
+
 class FusionRegressor(RegressorMixin, _BaseFusionDispatch):
     """A regressor whose fusion strategy is a parameter, for model selection.
 
@@ -405,37 +446,7 @@ class FusionRegressor(RegressorMixin, _BaseFusionDispatch):
 
     Read more in the :ref:`User Guide <fusion_dispatch>`.
 
-    Parameters
-    ----------
-    modalities : list of (str, transformer, columns) tuples
-        The modality spec, as in :class:`EarlyFusion`.
-
-    fusion : {"early", "late", "attention"}, default="early"
-        The fusion strategy.
-
-    estimator : regressor, default=None
-        The model on the fused features (early) or, cloned, per modality (late). ``None``
-        means :class:`~sklearn.linear_model.RidgeCV`. Ignored by attention fusion.
-
-    weights, scaling, presence_flags
-        Early fusion's parameters, see :class:`EarlyFusion`; ignored by the other strategies.
-
-    modality_estimators, final_estimator, cv, stack_method, passthrough
-        Late fusion's parameters, see :class:`LateFusionRegressor`; ignored by the other
-        strategies.
-
-    d_model, n_heads, n_layers, n_tokens, dim_feedforward, dropout, modality_dropout, \
-use_sequences, max_iter, batch_size, learning_rate_init, alpha, early_stopping, \
-validation_fraction, n_iter_no_change, tol, random_state, device
-        Attention fusion's parameters, see :class:`AttentionFusionRegressor`; ignored by
-        the other strategies. Defaults are that class's.
-
-    n_jobs : int, default=None
-        Modalities fitted and encoded in parallel, by every strategy.
-
-    verbose : int, default=0
-        Verbosity of every strategy: stages and durations, the encoders' progress bars.
-
+%(parameters)s
     Attributes
     ----------
     estimator_ : estimator
@@ -473,3 +484,9 @@ validation_fraction, n_iter_no_change, tol, random_state, device
 
     _late_class = LateFusionRegressor
     _attention_class = AttentionFusionRegressor
+
+
+FusionRegressor.__doc__ %= {"parameters": _parameters_doc(
+    "regressor", ":class:`~sklearn.linear_model.RidgeCV`", "LateFusionRegressor",
+    '{"auto", "predict"}',
+)}

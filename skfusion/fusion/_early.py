@@ -6,18 +6,26 @@ from numbers import Integral
 
 import numpy as np
 from scipy import sparse
-from sklearn.base import TransformerMixin, _fit_context
-from sklearn.utils._param_validation import StrOptions
-from sklearn.utils._metadata_requests import (
-    MetadataRouter,
-    MethodMapping,
-    _raise_for_params,
-    _routing_enabled,
-    process_routing,
-)
+from sklearn.base import TransformerMixin
+from sklearn.utils.metadata_routing import MetadataRouter, MethodMapping, process_routing
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import _BaseFusion, _fit_encode_one, modality_feature_names
+from .._compat import (
+    StrOptions,
+    _check_sample_weight,
+    _fit_context,
+    _raise_for_params,
+    _routing_enabled,
+)
+from ._base import (
+    _BaseFusion,
+    _fit_encode_one,
+    _weight_key,
+    is_stateless,
+    modality_feature_names,
+    weight_params,
+    weighted_nanmean,
+)
 
 __all__ = ["EarlyFusion"]
 
@@ -134,7 +142,7 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y=None, **params):
+    def fit(self, X, y=None, sample_weight=None, **params):
         """Fit every modality transformer on the rows where its modality is present.
 
         Parameters
@@ -143,9 +151,16 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
             Raw input with the columns named in ``modalities``.
         y : array-like of shape (n_samples,), default=None
             Target, passed on to the transformers that use one.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Row weights. They weight the fill values and the ``scaling`` statistics, and
+            reach every modality transformer (on the rows where its modality is present;
+            a Pipeline through its last step). A transformer whose ``fit`` cannot take them
+            is a TypeError, unless it learns nothing from the rows (``"passthrough"``,
+            pretrained encoders). With metadata routing enabled, they go where the
+            transformers request them instead, and the statistics are not weighted.
         **params : dict
-            Metadata for the modality transformers' ``fit`` (row-aligned values are restricted
-            to the rows where the modality is present). Only with
+            Other metadata for the modality transformers' ``fit`` (row-aligned values are
+            restricted to the rows where the modality is present). Only with
             ``sklearn.set_config(enable_metadata_routing=True)``, as in
             :class:`~sklearn.compose.ColumnTransformer`.
 
@@ -154,11 +169,11 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
         self : EarlyFusion
             The fitted transformer.
         """
-        self._fit(X, y, params)
+        self._fit(X, y, sample_weight, params)
         return self
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit_transform(self, X, y=None, **params):
+    def fit_transform(self, X, y=None, sample_weight=None, **params):
         """Fit on X and return the fused features.
 
         Parameters
@@ -167,19 +182,36 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
             Raw input with the columns named in ``modalities``.
         y : array-like of shape (n_samples,), default=None
             Target, passed on to the transformers that use one.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Row weights, see :meth:`fit`.
         **params : dict
-            Metadata for the modality transformers, see :meth:`fit`.
+            Other metadata for the modality transformers, see :meth:`fit`.
 
         Returns
         -------
         X_fused : ndarray or sparse matrix of shape (n_samples, n_features_out)
             The concatenated modality features (and presence flags).
         """
-        return self._fit(X, y, params)
+        return self._fit(X, y, sample_weight, params)
 
-    def _fit(self, X, y, params):
+    def _transformer_weights(self, sample_weight):
+        """Routing off: each modality transformer's ``fit`` parameters carrying the weights."""
+        params = {}
+        for mod in self._active_modalities():
+            trans = mod.transformer
+            if isinstance(trans, str) or (_weight_key(trans) is None and is_stateless(trans)):
+                continue  # learns nothing from the rows: the weights have nothing to change
+            params[mod.name] = weight_params(
+                trans, sample_weight, owner=type(self).__name__,
+                role=f"the transformer of modality {mod.name!r}",
+            )
+        return params
+
+    def _fit(self, X, y, sample_weight, params):
         _raise_for_params(params, self, "fit")
         X = self._check_X(X, reset=True)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
         self._build_modalities(X)
         if self.weights is not None:
             unknown = set(self.weights) - {m.name for m in self._modalities}
@@ -188,12 +220,16 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
                     f"weights names unknown modalities {sorted(unknown)!r}; modalities are "
                     f"{[m.name for m in self._modalities]!r}."
                 )
-        routed = process_routing(self, "fit", **params) if _routing_enabled() else None
-        fitted = self._fit_each(
-            X, y, _fit_encode_one,
-            params={m.name: routed[m.name].fit_transform for m in self._modalities}
-            if routed is not None else None,
-        )
+        if _routing_enabled():
+            if sample_weight is not None:
+                params["sample_weight"] = sample_weight
+            routed = process_routing(self, "fit", **params)
+            params = {m.name: routed[m.name].fit_transform for m in self._modalities}
+            stats_weight = None
+        else:
+            params = self._transformer_weights(sample_weight)
+            stats_weight = sample_weight
+        fitted = self._fit_each(X, y, _fit_encode_one, params=params)
         self._encoders, encoded = self._encoded_from_fit(
             [(mod, present, (trans, out, False)) for mod, present, (trans, out) in fitted]
         )
@@ -204,7 +240,8 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
         blocks, presence = encoded.blocks, encoded.presence
         self.fill_values_, self._scale, self._center = {}, {}, {}
         for enc, block, present in zip(self._encoders, blocks, presence.T):
-            self._fit_block_stats(enc.name, block, present)
+            w = None if stats_weight is None else stats_weight[present]
+            self._fit_block_stats(enc.name, block, present, w)
         if self.presence_flags == "always":
             self._flagged = [True] * len(blocks)
         elif self.presence_flags == "never":
@@ -219,19 +256,31 @@ class EarlyFusion(TransformerMixin, _BaseFusion):
             start += width + int(flagged.get(name, False))
         return self._assemble(blocks, presence)
 
-    def _fit_block_stats(self, name, block, present):
+    def _fit_block_stats(self, name, block, present, weights=None):
+        """Fill value, centre and scale of one modality (weighted by the present rows')."""
         if sparse.issparse(block):
             rows = block[np.flatnonzero(present)]
             fill = np.zeros(block.shape[1])
-            mean = np.asarray(rows.mean(axis=0)).ravel()
-            var = np.asarray(rows.multiply(rows).mean(axis=0)).ravel() - mean**2
+            if weights is None:
+                mean = np.asarray(rows.mean(axis=0)).ravel()
+                var = np.asarray(rows.multiply(rows).mean(axis=0)).ravel() - mean**2
+            else:
+                with np.errstate(all="ignore"):
+                    mean = rows.T @ weights / weights.sum()
+                    var = rows.multiply(rows).T @ weights / weights.sum() - mean**2
             center = np.zeros(block.shape[1])
         else:
             rows = block[present]
             with np.errstate(all="ignore"):
-                fill = np.nanmean(rows, axis=0) if rows.size else np.zeros(block.shape[1])
+                if not rows.size:
+                    fill = np.zeros(block.shape[1])
+                else:
+                    fill = weighted_nanmean(rows, weights)
                 fill = np.where(np.isnan(fill), 0.0, fill)
-                var = np.nanvar(rows, axis=0)
+                if weights is None:
+                    var = np.nanvar(rows, axis=0)
+                else:
+                    var = weighted_nanmean((rows - fill) ** 2, weights)
             center = fill
         std = np.sqrt(np.clip(np.nan_to_num(var), 0, None))
         std[std < 1e-12] = 1.0

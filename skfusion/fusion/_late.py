@@ -10,41 +10,42 @@ from sklearn.base import (
     ClassifierMixin,
     RegressorMixin,
     TransformerMixin,
-    _fit_context,
     clone,
     is_classifier,
 )
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.model_selection import check_cv, cross_val_predict
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import Bunch
-from sklearn.utils._metadata_requests import (
-    MetadataRouter,
-    MethodMapping,
+from sklearn.utils.metadata_routing import MetadataRouter, MethodMapping, process_routing
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
+
+from .._compat import (
+    HasMethods,
+    StrOptions,
+    _check_sample_weight,
+    _estimator_has,
+    _fit_context,
     _raise_for_params,
     _routing_enabled,
-    process_routing,
 )
-from sklearn.utils._param_validation import HasMethods, StrOptions
-from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import (
-    _check_sample_weight,
-    check_is_fitted,
-    has_fit_parameter,
-)
-
 from ._base import (
     _BaseFusion,
     _encode_one,
     _Encoder,
     _fit_encode_one,
     _take_y,
+    densify,
+    encode_classes,
     encoded_presence,
     is_stateless,
     modality_feature_names,
+    numeric_target,
+    scatter_rows,
     take_rows,
+    weight_params,
+    weighted_nanmean,
 )
 
 __all__ = ["LateFusionClassifier", "LateFusionRegressor"]
@@ -53,12 +54,8 @@ _METHODS = {"predict", "predict_proba", "decision_function", "transform"}
 
 
 def _final_has(attr):
-    def check(self):
-        if hasattr(self, "final_estimator_"):
-            return hasattr(self.final_estimator_, attr)
-        return self.final_estimator is None or hasattr(self.final_estimator, attr)
-
-    return check
+    # the fitted final estimator, else the one fit would train (its default when None)
+    return _estimator_has(attr, delegates=("final_estimator_", "_final_estimator"))
 
 
 class _BaseLateFusion(TransformerMixin, _BaseFusion):
@@ -106,8 +103,8 @@ class _BaseLateFusion(TransformerMixin, _BaseFusion):
     def _default_final_estimator(self):  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _prepare_y(self, y):
-        return y
+    def _prepare_y(self, y):  # pragma: no cover - overridden
+        raise NotImplementedError
 
     def _method_for(self, estimator):
         if not is_classifier(self):
@@ -145,7 +142,9 @@ class _BaseLateFusion(TransformerMixin, _BaseFusion):
             return overrides[name]
         return self.estimator if self.estimator is not None else self._default_estimator()
 
-    def _final(self):
+    @property
+    def _final_estimator(self):
+        """The unfitted final estimator: ``final_estimator`` or the default one."""
         final = self.final_estimator
         return final if final is not None else self._default_final_estimator()
 
@@ -199,11 +198,17 @@ class _BaseLateFusion(TransformerMixin, _BaseFusion):
             est_params = {name: dict(routed[name].fit) for name in names}
             final_params = dict(routed["final_estimator_"].fit)
         elif sample_weight is not None:
-            for name in names:
-                if has_fit_parameter(self._estimator_for(name), "sample_weight"):
-                    est_params[name] = {"sample_weight": sample_weight}
-            if has_fit_parameter(self._final(), "sample_weight"):
-                final_params = {"sample_weight": sample_weight}
+            # every fit that can take the weights gets them, or a TypeError names it
+            owner = type(self).__name__
+            if not prefit:  # prefit models are not fitted again
+                for name in names:
+                    est_params[name] = weight_params(
+                        self._estimator_for(name), sample_weight, owner=owner,
+                        role=f"the estimator of modality {name!r}",
+                    )
+            final_params = weight_params(
+                self._final_estimator, sample_weight, owner=owner, role="the final estimator"
+            )
         splits = None
         if not prefit:
             cv = check_cv(self.cv, y, classifier=is_classifier(self))
@@ -233,20 +238,20 @@ class _BaseLateFusion(TransformerMixin, _BaseFusion):
             self.stack_method_.append(method)
             self._encoders.append(_Encoder(mod, pipe[0], F.shape[1]))
             w = None if sample_weight is None else sample_weight[present]
-            fill = _mean(oof, w)  # weighted: a weight of 2 counts as a repeated row
+            fill = weighted_nanmean(oof, w)  # a weight of 2 counts as a repeated row
             self._fill.append(fill)
             self._meta_widths.append(oof.shape[1])
-            meta_blocks.append(_scatter(oof, present, fill))
+            meta_blocks.append(scatter_rows(oof, present, fill=fill))
             presence.append(present)
             if self.passthrough:
-                F = _densify(F[kept])
-                pass_fill = _mean(F, w)
+                F = densify(F[kept])
+                pass_fill = weighted_nanmean(F, w)
                 self._pass_fill.append(pass_fill)
-                pass_blocks.append(_scatter(F, present, pass_fill))
+                pass_blocks.append(scatter_rows(F, present, fill=pass_fill))
         presence = np.column_stack(presence)
         self._flag_cols = [j for j in range(presence.shape[1]) if not presence[:, j].all()]
         meta = self._stack(meta_blocks, pass_blocks, presence)
-        self.final_estimator_ = clone(self._final())
+        self.final_estimator_ = clone(self._final_estimator)
         self.final_estimator_.fit(meta, y, **final_params)
         return self
 
@@ -302,10 +307,10 @@ class _BaseLateFusion(TransformerMixin, _BaseFusion):
                 preds = self._concat_meta(getattr(pipe[-1], method)(block[present]), method)
             else:
                 preds = np.empty((0, self._fill[j].shape[0]))
-            meta_blocks.append(_scatter(preds, present, self._fill[j]))
+            meta_blocks.append(scatter_rows(preds, present, fill=self._fill[j]))
             if self.passthrough:
-                pass_blocks.append(_scatter(_densify(block[present]), present,
-                                            self._pass_fill[j]))
+                pass_blocks.append(scatter_rows(densify(block[present]), present,
+                                                fill=self._pass_fill[j]))
         return self._stack(meta_blocks, pass_blocks, encoded.presence)
 
     def _predict_encoded(self, encoded, method="predict"):
@@ -356,7 +361,7 @@ class _BaseLateFusion(TransformerMixin, _BaseFusion):
         return self._predict_encoded(self._encode(X), "transform")
 
     def get_feature_names_out(self, input_features=None):
-        """Names of the stacked features returned by :meth:`transform`.
+        """Get the names of the stacked features returned by :meth:`transform`.
 
         ``"<modality>__<method>"`` (regressor, or one column), ``"<modality>__<method>_<class>"``
         (one column per class), ``"<modality>__present"`` and, with ``passthrough``, the
@@ -408,20 +413,20 @@ class _BaseLateFusion(TransformerMixin, _BaseFusion):
                 method_mapping=MethodMapping().add(caller="fit", callee="fit"),
             )
         router.add(
-            final_estimator_=self._final(),
+            final_estimator_=self._final_estimator,
             method_mapping=MethodMapping().add(caller="fit", callee="fit"),
         )
         return router
 
     def _sk_visual_block_(self):
-        from sklearn.utils._repr_html.estimator import _VisualBlock
+        from .._compat import _VisualBlock
 
         if hasattr(self, "estimators_"):
             pipes = dict(zip([e.name for e in self._encoders], self.estimators_))
             final = self.final_estimator_
             modalities = self._visual_modalities(lambda name, trans: pipes[name])
         else:
-            final = self._final()
+            final = self._final_estimator
             modalities = self._visual_modalities(self._modality_pipeline)
         head = _VisualBlock("parallel", [final], names=["final_estimator"], dash_wrapped=False)
         return _VisualBlock("serial", (modalities, head), dash_wrapped=False)
@@ -509,28 +514,6 @@ def _narrow(present, kept):
     present = present.copy()
     present[np.flatnonzero(present)[~kept]] = False
     return present
-
-
-def _mean(values, weights):
-    """Column means of ``values`` (NaN ignored), weighted by ``weights`` when given."""
-    if weights is None:
-        with np.errstate(all="ignore"):
-            return np.nanmean(values, axis=0) if values.shape[0] else np.zeros(values.shape[1])
-    ok = ~np.isnan(values)
-    w = ok * np.asarray(weights, dtype=np.float64)[:, None]
-    with np.errstate(all="ignore"):
-        return np.where(ok, values, 0.0).T @ np.asarray(weights, dtype=np.float64) / w.sum(0)
-
-
-def _densify(Xt):
-    return Xt.toarray() if hasattr(Xt, "toarray") else Xt
-
-
-def _scatter(values, present, fill):
-    out = np.empty((present.shape[0], values.shape[1]), dtype=np.float64)
-    out[present] = values
-    out[~present] = fill
-    return out
 
 
 class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
@@ -660,15 +643,7 @@ class LateFusionClassifier(ClassifierMixin, _BaseLateFusion):
         return LogisticRegression(max_iter=1000)
 
     def _prepare_y(self, y):
-        check_classification_targets(y)
-        self._label_encoder = LabelEncoder().fit(y)
-        self.classes_ = self._label_encoder.classes_
-        if len(self.classes_) < 2:
-            raise ValueError(
-                f"The target has only one class ({self.classes_[0]!r}); a classifier needs at "
-                "least two."
-            )
-        return self._label_encoder.transform(y)
+        return encode_classes(self, y)
 
     def _from_final(self, meta, method):
         out = getattr(self.final_estimator_, method)(meta)
@@ -804,7 +779,4 @@ class LateFusionRegressor(RegressorMixin, _BaseLateFusion):
         return RidgeCV()
 
     def _prepare_y(self, y):
-        try:
-            return np.asarray(y, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"The regression target must be numeric ({exc}).") from exc
+        return numeric_target(y)
