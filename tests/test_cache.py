@@ -2,6 +2,7 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+import errno
 import glob
 import multiprocessing
 import os
@@ -10,14 +11,16 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 
 import numpy as np
 import pytest
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import skfusion
@@ -87,36 +90,50 @@ def test_config_defaults_and_set_config_roundtrip():
         assert skfusion.get_config()["cache_disk_max_bytes"] == 10 * 2**20
         assert skfusion.get_config()["cache"] is False
         assert skfusion.get_config()["show_progress"] is True
-        assert os.environ["SKFUSION_CACHE"] == "0"  # inherited by worker processes
-        assert os.environ["SKFUSION_SHOW_PROGRESS"] == "1"
-        assert os.environ["SKFUSION_CACHE_DISK_MAX_BYTES"] == str(10 * 2**20)
+        # per thread, never written to the environment (tests/test_config.py)
+        assert not any(var.startswith("SKFUSION_CACHE") for var in os.environ)
+        assert "SKFUSION_SHOW_PROGRESS" not in os.environ
     assert skfusion.get_config() == config
-    assert os.environ["SKFUSION_CACHE"] == "1"  # restored
+
+
+def _get_config_in_a_new_thread():
+    """get_config() in a thread that set nothing (the environment decides), or its error."""
+    out = []
+
+    def target():
+        try:
+            out.append(skfusion.get_config())
+        except ValueError as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(timeout=60)
+    return out[0]
 
 
 def test_config_from_environment(monkeypatch, tmp_path):
-    with skfusion.config_context():
-        skfusion._config._explicit.clear()  # nothing set in-process: the environment decides
-        monkeypatch.setenv("SKFUSION_CACHE", "off")
-        monkeypatch.setenv("SKFUSION_CACHE_DIR", str(tmp_path))
-        monkeypatch.setenv("SKFUSION_CACHE_MAX_BYTES", "1.5G")
-        monkeypatch.setenv("SKFUSION_CACHE_DISK_MAX_BYTES", "20GB")
-        monkeypatch.setenv("SKFUSION_SHOW_PROGRESS", "yes")
-        config = skfusion.get_config()
-        assert config == {"cache": False, "cache_dir": str(tmp_path),
-                          "cache_max_bytes": int(1.5 * 2**30),
-                          "cache_disk_max_bytes": 20 * 2**30, "show_progress": True}
-        monkeypatch.setenv("SKFUSION_CACHE", "maybe")
-        with pytest.raises(ValueError, match="SKFUSION_CACHE must be"):
-            skfusion.get_config()
-        monkeypatch.setenv("SKFUSION_CACHE", "1")
-        monkeypatch.setenv("SKFUSION_SHOW_PROGRESS", "loud")
-        with pytest.raises(ValueError, match="SKFUSION_SHOW_PROGRESS must be"):
-            skfusion.get_config()
-        monkeypatch.setenv("SKFUSION_SHOW_PROGRESS", "0")
-        monkeypatch.setenv("SKFUSION_CACHE_DISK_MAX_BYTES", "huge")
-        with pytest.raises(ValueError, match="SKFUSION_CACHE_DISK_MAX_BYTES must be a number"):
-            skfusion.get_config()
+    monkeypatch.setenv("SKFUSION_CACHE", "off")
+    monkeypatch.setenv("SKFUSION_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SKFUSION_CACHE_MAX_BYTES", "1.5G")
+    monkeypatch.setenv("SKFUSION_CACHE_DISK_MAX_BYTES", "20GB")
+    monkeypatch.setenv("SKFUSION_SHOW_PROGRESS", "yes")
+    config = _get_config_in_a_new_thread()
+    assert config == {"cache": False, "cache_dir": str(tmp_path),
+                      "cache_max_bytes": int(1.5 * 2**30),
+                      "cache_disk_max_bytes": 20 * 2**30, "show_progress": True}
+    monkeypatch.setenv("SKFUSION_CACHE", "maybe")
+    with pytest.raises(ValueError, match="SKFUSION_CACHE must be"):
+        raise _get_config_in_a_new_thread()
+    monkeypatch.setenv("SKFUSION_CACHE", "1")
+    monkeypatch.setenv("SKFUSION_SHOW_PROGRESS", "loud")
+    with pytest.raises(ValueError, match="SKFUSION_SHOW_PROGRESS must be"):
+        raise _get_config_in_a_new_thread()
+    monkeypatch.setenv("SKFUSION_SHOW_PROGRESS", "0")
+    monkeypatch.setenv("SKFUSION_CACHE_DISK_MAX_BYTES", "huge")
+    with pytest.raises(ValueError, match="SKFUSION_CACHE_DISK_MAX_BYTES must be a number"):
+        raise _get_config_in_a_new_thread()
+    monkeypatch.delenv("SKFUSION_CACHE_DISK_MAX_BYTES")  # before the fixture's cache_clear()
 
 
 def test_config_bad_values():
@@ -136,21 +153,30 @@ def test_config_bad_values():
         skfusion.set_config(cache_disk_max_bytes=-5)
 
 
-def test_cache_off_switch_and_env_reaches_a_child_process(tmp_path, hash_embedder, read_log):
+def test_cache_off_switch_and_env_reaches_a_child_process(
+    tmp_path, hash_embedder, read_log, monkeypatch
+):
     HashEmbedder = hash_embedder
     log = str(tmp_path / "log")
     enc = HashEmbedder(log=log).fit(None)
     X = np.array(["a", "b"], dtype=object)
+
+    def child_cache():
+        return subprocess.run(
+            [sys.executable, "-c", "import skfusion; print(skfusion.get_config()['cache'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+
     with skfusion.config_context(cache=False):
         cached_transform(enc, X)
         cached_transform(enc, X)
-        child = subprocess.run(
-            [sys.executable, "-c", "import skfusion; print(skfusion.get_config()['cache'])"],
-            capture_output=True, text=True, check=True,
-        )
-    assert child.stdout.strip() == "False"
+        # this process's setting, not the environment: a child process does not inherit it
+        assert child_cache() == "True"
     assert read_log(log) == ["a", "b", "a", "b"]
     assert cache_info().hits == 0
+    # the environment variable is the default of every process started with it
+    monkeypatch.setenv("SKFUSION_CACHE", "0")
+    assert child_cache() == "False"
 
 
 # --- the cache itself -----------------------------------------------------------------------
@@ -191,6 +217,140 @@ def test_changed_parameter_or_model_never_returns_stale_rows(tmp_path, hash_embe
     assert estimator_fingerprint(HashEmbedder(), model=model, ignore=("log",)) == (
         estimator_fingerprint(HashEmbedder(log="elsewhere"), model=model, ignore=("log",))
     )
+
+
+class Weighted(TransformerMixin, BaseEstimator):
+    """A fake encoder whose rows depend on every element of its ``weights`` and on ``scale``."""
+
+    def __init__(self, weights=None, scale=1.0, head=None):
+        self.weights = weights
+        self.scale = scale
+        self.head = head
+
+    def _skfusion_fingerprint(self):
+        return estimator_fingerprint(self)
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        total = 0.0 if self.weights is None else float(np.sum(self.weights, dtype=np.float64))
+        return np.array([[len(t), total * self.scale] for t in X], dtype=np.float64)
+
+
+def _differ(a, b):
+    return estimator_fingerprint(a) != estimator_fingerprint(b)
+
+
+def test_fingerprint_sees_every_element_of_a_long_array_parameter():
+    weights = np.linspace(0.0, 1.0, 2000)
+    other = weights.copy()
+    other[1000] += 0.5  # numpy prints the first and last three elements only
+    assert repr(weights) == repr(other)
+    items = np.array(["ab", "abc"], dtype=object)
+    first = cached_transform(Weighted(weights).fit(None), items)
+    second = cached_transform(Weighted(other).fit(None), items)
+    np.testing.assert_array_equal(second, Weighted(other).transform(items))
+    assert cache_info().misses == 4  # never served the other encoder's rows
+    assert not np.array_equal(first, second)
+    assert not _differ(Weighted(weights), Weighted(weights.copy()))  # equal values, equal keys
+    assert _differ(Weighted(weights), Weighted(weights.astype(np.float32)))
+    assert _differ(Weighted(weights), Weighted(weights.reshape(40, 50)))
+
+
+def test_fingerprint_of_nested_estimators_is_their_parameters_all_the_way_down():
+    weights = np.linspace(0.0, 1.0, 2000)
+    other = weights.copy()
+    other[1000] += 0.5
+    # a Pipeline parameter whose step's own parameter differs (sklearn's repr elides it too)
+    assert _differ(Weighted(head=make_pipeline(StandardScaler(), Weighted(weights))),
+                   Weighted(head=make_pipeline(StandardScaler(), Weighted(other))))
+    # an estimator parameter whose own estimator parameter differs
+    assert _differ(Weighted(head=Weighted(head=Weighted(weights))),
+                   Weighted(head=Weighted(head=Weighted(other))))
+    # a long Pipeline: sklearn's repr elides the middle steps past 700 characters
+    steps = [Weighted(scale=float(i)) for i in range(60)]
+    changed = [clone(s) for s in steps]
+    changed[30].set_params(scale=-1.0)
+    assert _differ(Weighted(head=make_pipeline(*steps)), Weighted(head=make_pipeline(*changed)))
+    # fitted state and unpicklable lazy state (a session, a lock) are not part of the key
+    X = np.array([[0.0], [1.0], [2.0], [3.0]])
+    fitted = LogisticRegression().fit(X, [0, 0, 1, 1])
+    fitted._session = threading.Lock()
+    assert not _differ(Weighted(head=fitted), Weighted(head=LogisticRegression()))
+    assert _differ(Weighted(head=fitted), Weighted(head=LogisticRegression(C=2.0)))
+    # an estimator class is not an estimator instance
+    assert _differ(Weighted(head=LogisticRegression), Weighted(head=LogisticRegression()))
+
+
+def test_fingerprint_of_floats_that_print_alike():
+    assert _differ(Weighted(scale=0.1 + 0.2), Weighted(scale=0.3))
+    assert _differ(Weighted(np.array([0.1 + 0.2, 1.0])), Weighted(np.array([0.3, 1.0])))
+    assert _differ(Weighted(scale=np.float32(0.1)), Weighted(scale=0.1))
+    assert _differ(Weighted(head=Weighted(scale=np.float32(0.1))), Weighted(head=Weighted(0.1)))
+    # the key does not depend on numpy's print options (legacy scalars print as 0.1)
+    with np.printoptions(legacy="1.25", precision=2):
+        assert _differ(Weighted(scale=np.float32(0.1)), Weighted(scale=0.1))
+        assert _differ(Weighted(head=Weighted(scale=np.float32(0.1))),
+                       Weighted(head=Weighted(scale=0.1)))
+        assert _differ(Weighted(np.array([0.123])), Weighted(np.array([0.124])))
+    assert not _differ(Weighted(scale=0.1 + 0.2), Weighted(scale=0.30000000000000004))
+
+
+def test_fingerprint_of_callables_model_and_extra_values():
+    def scaled(k):
+        def f(x):
+            return x * k
+        return f
+
+    assert _differ(Weighted(head=scaled(2)), Weighted(head=scaled(3)))  # closure values
+    assert not _differ(Weighted(head=scaled(2)), Weighted(head=scaled(2)))  # not by address
+    assert _differ(Weighted(head=lambda x: x + 1), Weighted(head=lambda x: x + 2))
+    weights = np.linspace(0.0, 1.0, 2000)
+    other = weights.copy()
+    other[1000] += 0.5
+    enc = Weighted()
+    assert estimator_fingerprint(enc, extra=weights) != estimator_fingerprint(enc, extra=other)
+    assert estimator_fingerprint(enc, model=("name", weights)) != estimator_fingerprint(
+        enc, model=("name", other))
+    assert estimator_fingerprint(enc, extra=("v", 0.3)) != estimator_fingerprint(
+        enc, extra=("v", 0.1 + 0.2))
+    # a value that cannot be hashed by content: no fingerprint, the encoder is not cached
+    locked = Weighted(head=threading.Lock())
+    assert estimator_fingerprint(locked) is None
+    items = np.array(["a", "a"], dtype=object)
+    np.testing.assert_array_equal(cached_transform(locked, items), locked.transform(items))
+    assert cache_info().misses == 0 and cache_info().rows == 0
+
+
+def test_equal_configurations_have_equal_fingerprints_in_other_processes():
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from sklearn.linear_model import SGDClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import FunctionTransformer, StandardScaler
+        from skfusion.storage import estimator_fingerprint
+
+        model = make_pipeline(
+            StandardScaler(),
+            FunctionTransformer(np.sum, kw_args={"axis": 1, "names": {"a", "b", "c", "d"}}),
+            SGDClassifier(alpha=0.1 + 0.2, class_weight={0: 1.0, 1: np.float32(2.0)}),
+        )
+        print(estimator_fingerprint(model, model=("weights", np.arange(2000.0)),
+                                    extra={"tokens": ["x", "y"], "v": 3, 7: {"a", 1.5}}))
+        """
+    )
+    # other hash seeds: the order of a set of strings (and joblib's order of keys that do not
+    # sort) changes, the key must not
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert len(digests) == 1 and re.fullmatch("[0-9a-f]{64}", digests.pop())
 
 
 def test_item_kinds_paths_arrays_bytes_and_missing(tmp_path):
@@ -257,7 +417,7 @@ def test_disk_layer_serves_a_fresh_process_and_recovers_from_corruption(
     items = [f"row {i}" for i in range(20)]
     with skfusion.config_context(cache_dir=cache_dir):
         cached_transform(HashEmbedder(log=log).fit(None), np.array(items, dtype=object))
-        files = glob.glob(str(cache_dir / "embeddings-v2" / "*" / "*" / "*.row"))
+        files = glob.glob(str(cache_dir / _cache._LAYOUT / "*" / "*" / "*.row"))
         assert len(files) == 20
         with open(files[0], "wb") as f:
             f.write(b"\x93NUMPY garbage")
@@ -266,8 +426,10 @@ def test_disk_layer_serves_a_fresh_process_and_recovers_from_corruption(
             import sys, numpy as np
             sys.path.insert(0, {os.path.dirname(__file__)!r})
             from conftest import HashEmbedder
+            import skfusion
             from skfusion.storage import cache_info
             from skfusion.storage._cache import cached_transform
+            skfusion.set_config(cache_dir={str(cache_dir)!r})  # settings are per process
             items = np.array({items!r}, dtype=object)
             out = cached_transform(HashEmbedder(log={log!r}).fit(None), items)
             assert np.array_equal(out, HashEmbedder().fit(None).transform(items))
@@ -322,9 +484,9 @@ def test_two_processes_filling_one_disk_cache_lose_and_corrupt_nothing(
     assert set(counts) == set(items) and set(counts.values()) == {1}
     with open(log) as f:
         assert len({line.split("\t")[0] for line in f}) == 2
-    files = glob.glob(os.path.join(cache_dir, "embeddings-v2", "*", "*", "*.row"))
+    files = glob.glob(os.path.join(cache_dir, _cache._LAYOUT, "*", "*", "*.row"))
     assert len(files) == 600
-    assert not glob.glob(os.path.join(cache_dir, "embeddings-v2", "*", "*", "*.tmp"))
+    assert not glob.glob(os.path.join(cache_dir, _cache._LAYOUT, "*", "*", "*.tmp"))
     with skfusion.config_context(cache_dir=cache_dir):
         out = cached_transform(HashEmbedder(dim=32).fit(None), np.array(items, dtype=object))
     np.testing.assert_array_equal(out, fresh_rows(HashEmbedder(dim=32).fit(None), items))
@@ -486,7 +648,7 @@ def test_disk_folders_are_digests_private_and_one_per_configuration(tmp_path, ha
     with skfusion.config_context(cache_dir=cache_dir):
         cached_transform(Piped().fit(None), np.array(["a", "b"], dtype=object))
         cached_transform(Piped(scale=2.0).fit(None), np.array(["a"], dtype=object))
-    layer = cache_dir / "embeddings-v2"
+    layer = cache_dir / _cache._LAYOUT
     folders = [name for name in os.listdir(layer) if (layer / name).is_dir()]
     assert len(folders) == 2  # one folder (and lock) per configuration
     assert all(re.fullmatch("[0-9a-f]{32}", name) for name in folders)
@@ -494,7 +656,7 @@ def test_disk_folders_are_digests_private_and_one_per_configuration(tmp_path, ha
         assert os.stat(root).st_mode & 0o777 == 0o700, root
         for name in files:
             assert os.stat(os.path.join(root, name)).st_mode & 0o777 == 0o600, name
-    assert len(glob.glob(str(cache_dir / "embeddings-v2" / "*" / "*" / "*.row"))) == 3
+    assert len(glob.glob(str(cache_dir / _cache._LAYOUT / "*" / "*" / "*.row"))) == 3
 
 
 def test_disk_layer_is_bounded_and_evicts_least_recently_used(tmp_path, hash_embedder):
@@ -503,7 +665,7 @@ def test_disk_layer_is_bounded_and_evicts_least_recently_used(tmp_path, hash_emb
     batches = [np.array([f"{b}{i}" for i in range(20)], dtype=object) for b in "ABCD"]
     with skfusion.config_context(cache_dir=cache_dir):
         cached_transform(enc, np.array(["probe"], dtype=object))
-        (row_file,) = glob.glob(str(cache_dir / "embeddings-v2" / "*" / "*" / "*.row"))
+        (row_file,) = glob.glob(str(cache_dir / _cache._LAYOUT / "*" / "*" / "*.row"))
         row_bytes = os.path.getsize(row_file)
         os.remove(row_file)
         bound = 50 * row_bytes
@@ -518,7 +680,7 @@ def test_disk_layer_is_bounded_and_evicts_least_recently_used(tmp_path, hash_emb
             for batch in batches[2:]:
                 cached_transform(enc, batch)
                 time.sleep(0.05)
-    files = glob.glob(str(cache_dir / "embeddings-v2" / "*" / "*" / "*.row"))
+    files = glob.glob(str(cache_dir / _cache._LAYOUT / "*" / "*" / "*.row"))
     assert sum(os.path.getsize(f) for f in files) <= bound
     kept = {name for batch in batches for name in batch if os.path.exists(
         _row_file(cache_dir, enc, name)[0])}
@@ -540,7 +702,7 @@ def test_orphan_temp_files_are_removed(tmp_path, hash_embedder):
         hours_ago = time.time() - 2 * 3600
         os.utime(old, (hours_ago, hours_ago))
         _cache._usage.clear()  # a new process, long after the last sweep: its first use sweeps
-        os.remove(cache_dir / "embeddings-v2" / "usage.json")
+        os.remove(cache_dir / _cache._LAYOUT / "usage.json")
         cached_transform(enc, np.array(["b"], dtype=object))
     assert not os.path.exists(old) and os.path.exists(fresh)
 
@@ -564,6 +726,82 @@ def test_interrupted_encode_keeps_its_finished_chunks(tmp_path, hash_embedder):
         out = cached_encode(enc, items, enc.transform)
     np.testing.assert_array_equal(out, fresh_rows(enc, items))
     assert (cache_info().disk_hits, cache_info().misses) == (512, 188)
+
+
+def test_full_disk_during_cache_writes_warns_once_and_goes_on_in_memory(
+    tmp_path, hash_embedder, read_log, monkeypatch
+):
+    cache_dir = tmp_path / "cache"
+    log = str(tmp_path / "log")
+    enc = hash_embedder(log=log).fit(None)
+    items = np.array([f"t{i}" for i in range(700)], dtype=object)  # chunks: 256 + 256 + 188
+    write_atomic = _cache.write_atomic
+    rows_written = []
+
+    def full_after_one_chunk(path, data, **kwargs):
+        if str(path).endswith(".row"):
+            if len(rows_written) == 256:  # the disk fills up in the second chunk
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            rows_written.append(path)
+        return write_atomic(path, data, **kwargs)
+
+    monkeypatch.setattr(_cache, "write_atomic", full_after_one_chunk)
+    with skfusion.config_context(cache_dir=cache_dir):
+        with pytest.warns(RuntimeWarning) as record:
+            out = cached_transform(enc, items)
+        # all the rows, each computed once; the memory layer still serves them
+        np.testing.assert_array_equal(out, fresh_rows(enc, items))
+        assert read_log(log) == list(items)
+        cached_transform(enc, items)
+        assert cache_info().memory_hits == 700
+    messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages  # once: no more writes are tried in the call
+    assert str(cache_dir) in messages[0] and "No space left on device" in messages[0]
+    assert "without the disk layer" in messages[0]
+    # the rows stored before the disk filled up are whole, and a rerun resumes from them
+    monkeypatch.setattr(_cache, "write_atomic", write_atomic)
+    cache_clear()
+    with skfusion.config_context(cache_dir=cache_dir):
+        out = cached_transform(enc, items)
+    np.testing.assert_array_equal(out, fresh_rows(enc, items))
+    assert (cache_info().disk_hits, cache_info().misses) == (256, 444)
+    assert len(glob.glob(str(cache_dir / _cache._LAYOUT / "*" / "*" / "*.row"))) == 700
+
+
+@pytest.fixture(params=["under-a-file", "read-only"])
+def unwritable_folder(request, tmp_path):
+    """A folder this process cannot create or write in.
+
+    "under-a-file": a path below a regular file, so that mkdir fails (NotADirectoryError)
+    for every user, root included. "read-only": below a folder of mode 0500 (PermissionError),
+    for a normal user only: root writes whatever the mode, so it is skipped as root.
+    """
+    if request.param == "under-a-file":
+        blocker = tmp_path / "a-file"
+        blocker.write_bytes(b"")
+        return blocker / "skfusion"
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:
+        pytest.skip("file modes do not stop root (or there are none)")
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    parent.chmod(0o500)
+    request.addfinalizer(lambda: parent.chmod(0o700))
+    return parent / "skfusion"
+
+
+def test_unwritable_cache_folder_warns_and_goes_on_in_memory(hash_embedder, unwritable_folder):
+    enc = hash_embedder().fit(None)
+    items = np.array(["a", "b", "a"], dtype=object)
+    with skfusion.config_context(cache_dir=unwritable_folder):
+        with pytest.warns(RuntimeWarning, match="embedding cache") as record:
+            out = cached_transform(enc, items)
+        np.testing.assert_array_equal(out, fresh_rows(enc, items))
+        assert cache_info().misses == 2
+        assert cached_transform(enc, items).tobytes() == out.tobytes()
+        assert cache_info().memory_hits == 2
+    (message,) = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+    assert str(unwritable_folder) in message and "kept in memory" in message
+    assert not os.path.exists(unwritable_folder)
 
 
 def test_killed_encode_keeps_its_chunks_and_releases_the_cache_lock(tmp_path):

@@ -2,6 +2,7 @@
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+import errno
 import os
 import subprocess
 import sys
@@ -128,6 +129,65 @@ def test_store_files_are_private(store_home):
         assert f.stat().st_mode & 0o777 == 0o600, f
 
 
+@pytest.fixture(params=["under-a-file", "read-only"])
+def unwritable_folder(request, tmp_path):
+    """A folder this process cannot create or write in.
+
+    "under-a-file": a path below a regular file, so that mkdir fails (NotADirectoryError)
+    for every user, root included. "read-only": below a folder of mode 0500 (PermissionError),
+    for a normal user only: root writes whatever the mode, so it is skipped as root.
+    """
+    if request.param == "under-a-file":
+        blocker = tmp_path / "a-file"
+        blocker.write_bytes(b"")
+        return blocker / "home"
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:
+        pytest.skip("file modes do not stop root (or there are none)")
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    parent.chmod(0o500)
+    request.addfinalizer(lambda: parent.chmod(0o700))
+    return parent / "home"
+
+
+def test_unwritable_store_folder_builds_in_memory_with_a_warning(
+    store_home, unwritable_folder, monkeypatch
+):
+    monkeypatch.setenv("SKFUSION_HOME", str(unwritable_folder))
+    genuine = _affine_model(GENUINE_W)
+    with pytest.warns(RuntimeWarning) as record:
+        data, sha = store_entry("affine-v1", lambda: genuine)
+    assert data == genuine and sha == sha256_hex(genuine)
+    (message,) = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+    assert str(unwritable_folder / "models") in message and "in memory" in message
+    assert not os.path.exists(unwritable_folder)
+
+
+def test_full_disk_while_storing_builds_in_memory_with_a_warning(store_home, monkeypatch):
+    write_atomic = _store.write_atomic
+    written = []
+
+    def full_disk(path, data, **kwargs):
+        if written:  # room for the record, not for the entry
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(path)
+        return write_atomic(path, data, **kwargs)
+
+    monkeypatch.setattr(_store, "write_atomic", full_disk)
+    genuine = _affine_model(GENUINE_W)
+    with pytest.warns(RuntimeWarning) as record:
+        data, sha = store_entry("affine-v1", lambda: genuine)
+    assert data == genuine and sha == sha256_hex(genuine)
+    (message,) = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+    assert str(store_home / "models") in message and "No space left on device" in message
+    # no entry that passes verification was left behind: the next build writes it whole
+    monkeypatch.setattr(_store, "write_atomic", write_atomic)
+    monkeypatch.setattr(_store, "_INTERNED", {})
+    assert not store_path("affine-v1").exists()
+    assert store_entry("affine-v1", lambda: genuine) == (genuine, sha)
+    assert store_entry("affine-v1") == (genuine, sha)
+
+
 def test_orphan_temp_files_are_removed(store_home):
     folder = store_home / "models"
     folder.mkdir()
@@ -218,7 +278,7 @@ def test_planted_model_under_the_real_image_encoder_is_rebuilt_not_run(store_hom
     named = {str(w.message).split("entry ")[1].split(" ")[0] for w in record
              if "model store entry" in str(w.message)}
     assert {os.path.basename(p) for p in named} == {e.name for e in entries}
-    assert refit.embedding_dim_ == enc.embedding_dim_ == genuine.shape[1]
+    assert refit.n_features_out_ == enc.n_features_out_ == genuine.shape[1]
     # the same export of the same weights, run on the same CPU and batch: float32 rounding at
     # most (a re-export may order the graph's nodes differently)
     np.testing.assert_allclose(refit.transform(images), genuine, rtol=0, atol=1e-6)

@@ -26,7 +26,10 @@ Two layers:
   computed and stored in chunks of 256, so an interrupted encode keeps its finished chunks.
   The layer is bounded by ``cache_disk_max_bytes`` (4 GiB by default): when it grows past the
   bound, the least recently used rows (by file time, refreshed on every hit) are deleted, with
-  the temporary files that killed writers left behind more than an hour ago.
+  the temporary files that killed writers left behind more than an hour ago. The cache is
+  optional: when its folder cannot be created or written (a read-only home, a full disk), a
+  ``RuntimeWarning`` names the folder and the error, and the call goes on with the memory
+  layer alone (the rows already stored stay whole; a later call resumes from them).
 
 Configure it with :func:`skfusion.set_config` (``cache``, ``cache_dir``, ``cache_max_bytes``,
 ``cache_disk_max_bytes``) or the environment (``SKFUSION_CACHE=0``, ``SKFUSION_CACHE_DIR``,
@@ -53,8 +56,21 @@ from .._config import get_config
 from .._progress import progress
 from .._utils import is_missing_item
 from ..exceptions import EncodingError
-from ._hashing import file_digest, new_hash, sha256_hex, tree_hash
-from ._files import file_lock, remove_orphan_temps, write_atomic
+from ._hashing import (
+    UnhashableValueError,
+    file_digest,
+    new_hash,
+    sha256_hex,
+    tree_hash,
+    value_hash,
+)
+from ._files import (
+    file_lock,
+    makedirs_private,
+    remove_orphan_temps,
+    warn_in_memory,
+    write_atomic,
+)
 
 __all__ = [
     "CacheInfo",
@@ -65,7 +81,8 @@ __all__ = [
     "estimator_fingerprint",
 ]
 
-_LAYOUT = "embeddings-v2"  # bump when the key or file format changes
+# bump when the key or file format changes (v3: fingerprints hash values, not their repr)
+_LAYOUT = "embeddings-v3"
 # items computed (and stored) per call, so progress shows and an interrupt keeps the done part
 _CHUNK = 256
 _MAGIC = b"SKFROW2\0"  # row file: magic, SHA-256 of (key, npy bytes), npy bytes
@@ -108,6 +125,13 @@ def estimator_fingerprint(estimator, *, ignore=(), model=None, extra=None):
     on for them. Two encoders with the same fingerprint must give the same output row for the
     same item.
 
+    Values are hashed by what they hold, never by how they print (see
+    :func:`~skfusion.storage._hashing.value_hash`): arrays by dtype, shape and every byte,
+    floats by their exact value and type (``0.1 + 0.2`` is not ``0.3``, ``np.float32(0.1)``
+    is not ``0.1``), estimator parameters by their class and ``get_params(deep=False)``,
+    recursively, and functions by their code, defaults and closure values. The same
+    configuration gives the same fingerprint in every process and run.
+
     Parameters
     ----------
     estimator : estimator
@@ -116,15 +140,23 @@ def estimator_fingerprint(estimator, *, ignore=(), model=None, extra=None):
         Parameters that do not change the output (``batch_size``, ``verbose``, ``on_error``,
         the model's path when ``model`` gives its content...).
     model : str, path-like, bytes or None, default=None
-        The model: a file or folder is hashed by content (memoised by file size and time),
-        bytes (e.g. ONNX bytes) are hashed, anything else is used through its ``repr``.
+        The model: an existing file or folder is hashed by content (memoised by file size and
+        time), bytes (e.g. ONNX bytes) are hashed, any other value (a model name, a tuple of
+        export settings...) is hashed by value.
     extra : object, default=None
-        Anything else that identifies the output (e.g. a library version), by ``repr``.
+        Anything else that identifies the output (e.g. a library version), hashed by value.
 
     Returns
     -------
-    fingerprint : str
-        A hexadecimal digest.
+    fingerprint : str or None
+        64 hexadecimal digits; None when a parameter, ``model`` or ``extra`` cannot be hashed
+        by content (it cannot be pickled, e.g. a lock): the encoder's rows are then not cached.
+
+    Notes
+    -----
+    An estimator given as a parameter counts by its parameters, not by what it learnt: an
+    encoder that uses a parameter's *fitted* state as it is (a prefitted model) must pass what
+    identifies that state in ``extra``.
 
     Examples
     --------
@@ -136,23 +168,26 @@ def estimator_fingerprint(estimator, *, ignore=(), model=None, extra=None):
     False
     """
     ignore = set(ignore)
-    h = new_hash()
     cls = type(estimator)
-    h.update(f"{cls.__module__}.{cls.__qualname__}\0".encode())
     params = estimator.get_params(deep=False) if hasattr(estimator, "get_params") else {}
-    for key in sorted(params):
-        if key not in ignore:
-            h.update(f"{key}={params[key]!r}\0".encode())
+    state = {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "params": {key: value for key, value in params.items() if key not in ignore},
+    }
     if model is not None:
         if isinstance(model, (bytes, bytearray, memoryview)):
-            h.update(b"model-bytes:" + sha256_hex(model).encode())
+            state["model"] = ("bytes-sha256", sha256_hex(model))
         elif isinstance(model, (str, os.PathLike)) and os.path.exists(os.fspath(model)):
-            h.update(b"model-content:" + tree_hash(model).encode())
+            state["model"] = ("content-sha256", tree_hash(model))
         else:
-            h.update(f"model:{model!r}".encode())
+            state["model"] = ("value", model)
     if extra is not None:
-        h.update(f"\0extra:{extra!r}".encode())
-    return h.hexdigest()
+        state["extra"] = extra
+    try:
+        digest = value_hash(state)
+    except UnhashableValueError:
+        return None
+    return sha256_hex(f"skfusion-fingerprint\0{digest}".encode())
 
 
 def _item_key(fingerprint, item, paths):
@@ -241,24 +276,6 @@ class _MemoryLayer:
         return len(self._rows)
 
 
-def _makedirs_private(path):
-    """Create ``path`` and any missing parent, each with mode 0700 (``os.makedirs`` gives the
-    mode to the last folder only)."""
-    path = os.path.abspath(path)
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    for folder in reversed(missing):
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            pass
-
-
 def _row_bytes(key, row):
     """A row file's content: magic, SHA-256 of (key, npy bytes), then the ``.npy`` bytes
     (which hold the dtype and shape)."""
@@ -283,13 +300,14 @@ def _parse_row(key, data):
 
 
 class _DiskLayer:
-    """One verified row file per item under ``<cache_dir>/embeddings-v2/<digest>/``.
+    """One verified row file per item under ``<cache_dir>/embeddings-v3/<digest>/``.
 
     ``<digest>`` is a hex digest of the fingerprint, so every encoder configuration has its
     own folder (and lock), and the name is valid on every file system.
     """
 
     def __init__(self, cache_dir, fingerprint, max_bytes):
+        self.cache_dir = cache_dir
         self.root = os.path.join(os.path.abspath(cache_dir), _LAYOUT)
         self.folder = os.path.join(self.root, sha256_hex(fingerprint.encode())[:32])
         self.fingerprint = fingerprint
@@ -348,17 +366,29 @@ class _DiskLayer:
         written = 0
         for key, row in pairs:
             path = self._path(key)
-            _makedirs_private(os.path.dirname(path))
+            makedirs_private(os.path.dirname(path))
             data = _row_bytes(key, row)
             write_atomic(path, data, fsync=False)
             written += len(data)
         _account(self.root, written, self.max_bytes)
 
+    def unavailable(self, exc):
+        """Warn that this layer cannot be written (``exc``); the caller goes on without it."""
+        warn_in_memory(
+            "embedding cache",
+            self.cache_dir,
+            exc,
+            "this call goes on without the disk layer (its rows are computed and kept in "
+            "memory; the rows already on disk are whole). Free space or set cache_dir to a "
+            "writable folder to cache rows on disk.",
+            stacklevel=3,
+        )
+
     @contextmanager
     def lock(self):
         """Exclusive lock on this fingerprint's folder across processes (an OS lock: released
         when its holder dies)."""
-        _makedirs_private(self.folder)
+        makedirs_private(self.folder)
         _account(self.root, 0, self.max_bytes)  # the first use in a process sweeps
         with file_lock(os.path.join(self.folder, ".lock")):
             yield
@@ -601,7 +631,10 @@ def _run(fingerprint, keys, compute, name, verbose):
     with ExitStack() as stack:
         stack.enter_context(_thread_lock(fingerprint))
         if disk is not None:
-            stack.enter_context(disk.lock())
+            try:
+                stack.enter_context(disk.lock())
+            except OSError as exc:  # a read-only or full cache folder: the cache is optional
+                disk = disk.unavailable(exc)
         found = _memory.get_many(first)
         memory_hits = len(found)
         disk_hits = 0
@@ -645,7 +678,10 @@ def _run(fingerprint, keys, compute, name, verbose):
                         pairs.append((keys[pos], np.array(row, copy=True)))
                 _memory.put_many(pairs, max_bytes)
                 if disk is not None:
-                    disk.put_many(pairs)
+                    try:
+                        disk.put_many(pairs)
+                    except OSError as exc:  # a full disk: warn once, go on in memory
+                        disk = disk.unavailable(exc)
                 done = min(lo + _CHUNK, len(todo))
                 if verbose and not bar.shown and len(todo) > _CHUNK and (
                     done % _REPORT_EVERY == 0 or done == len(todo)

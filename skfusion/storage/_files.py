@@ -1,17 +1,29 @@
-"""File plumbing of skfusion's storage: atomic writes, leftover temporary files, OS locks.
+"""File plumbing of skfusion's storage: atomic writes, leftover temporary files, OS locks,
+private folders, and what to do when a folder cannot be written.
 
 The model store, the embedding cache, model files (:mod:`skfusion.io`) and batch scoring all
-write through :func:`write_atomic` and lock through :func:`file_lock`.
+write through :func:`write_atomic` and lock through :func:`file_lock`. The model store and the
+embedding cache share one policy for a folder they cannot write (read-only, full, missing
+permission): :func:`warn_in_memory` warns and they go on in memory.
 """
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+import errno
 import os
 import secrets
 import time
+import warnings
 from pathlib import Path
 
-__all__ = ["file_lock", "remove_orphan_temps", "write_atomic"]
+__all__ = [
+    "file_lock",
+    "makedirs_private",
+    "remove_orphan_temps",
+    "warn_in_memory",
+    "writable_folder",
+    "write_atomic",
+]
 
 # temporary files older than this are left over by a killed writer and are deleted
 ORPHAN_AGE_S = 3600.0
@@ -58,6 +70,70 @@ def write_atomic(path, data, *, fsync=True, private=True):
         except OSError:
             pass
         raise
+
+
+def makedirs_private(path):
+    """Create ``path`` and any missing parent, each with mode 0700 (``os.makedirs`` gives the
+    mode to the last folder only)."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+
+
+def writable_folder(path):
+    """Create ``path`` (see :func:`makedirs_private`) and check that this process may write
+    in it; raises the ``OSError`` that says why not."""
+    makedirs_private(path)
+    if not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+
+def describe_os_error(exc):
+    """An ``OSError`` without the temporary file name it may carry: ``[Errno 28] No space
+    left on device`` (the same text for every failed write, so a repeated warning is shown
+    once)."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def warn_in_memory(what, folder, exc, instead, *, stacklevel=2):
+    """The storage's one policy for a folder it cannot write: warn, then go on in memory.
+
+    The model store and the embedding cache are optional speed-ups: when their folder cannot
+    be created or written (a read-only home, a full disk, a missing permission) the caller
+    goes on without it, and this ``RuntimeWarning`` names the folder, the error and what
+    happens instead.
+
+    Parameters
+    ----------
+    what : str
+        The store, e.g. ``"model store"``.
+    folder : str or path-like
+        Its folder, as the user configured it.
+    exc : OSError
+        Why it cannot be written.
+    instead : str
+        What happens instead, and how to fix it (one or more sentences).
+    stacklevel : int, default=2
+        As for :func:`warnings.warn`, counted from the caller.
+    """
+    warnings.warn(
+        f"skfusion's {what} {os.fspath(folder)} cannot be written ({describe_os_error(exc)}): "
+        f"{instead}",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 def remove_orphan_temps(folder, *, max_age_s=ORPHAN_AGE_S, now=None):

@@ -6,7 +6,10 @@ SHA-256, in ``sha256sum``'s format) written with it, and is checked against it w
 planted or damaged entry is rebuilt with a warning naming the file when a builder is given, and
 refused with :class:`ModelStoreIntegrityError` otherwise. Builders run under an OS file lock
 (:func:`file_lock`, from ``filelock``), which the operating system releases when its holder dies,
-so a process killed while exporting never blocks the next one.
+so a process killed while exporting never blocks the next one. When the store folder cannot
+be created or written (a read-only home, a full disk), the bytes are built in memory with a
+``RuntimeWarning`` naming the folder (:func:`~skfusion.storage._files.warn_in_memory`, the
+policy the embedding cache follows too).
 """
 
 # SPDX-License-Identifier: BSD-3-Clause
@@ -17,7 +20,13 @@ import warnings
 from pathlib import Path
 
 from ..exceptions import ModelStoreIntegrityError
-from ._files import file_lock, remove_orphan_temps, write_atomic
+from ._files import (
+    file_lock,
+    remove_orphan_temps,
+    warn_in_memory,
+    writable_folder,
+    write_atomic,
+)
 from ._hashing import sha256_hex
 
 __all__ = ["model_store_dir", "store_entry", "store_get_or_create", "store_path"]
@@ -105,11 +114,18 @@ def _read_verified(path):
     return data, sha, None
 
 
-def _write_entry(path, data, sha):
-    # the record first: a writer killed in between leaves an entry that fails verification
-    # (rebuilt) or none, never an unrecorded one that passes
-    write_atomic(_record_path(path), f"{sha}  {path.name}\n".encode("ascii"))
-    write_atomic(path, data)
+def _write_entry(path, data):
+    """Store ``data`` at ``path`` with its record and return its SHA-256; when it cannot be
+    written (a full disk), warn and keep it in memory only."""
+    sha = sha256_hex(data)
+    try:
+        # the record first: a writer killed in between leaves an entry that fails
+        # verification (rebuilt) or none, never an unrecorded one that passes
+        write_atomic(_record_path(path), f"{sha}  {path.name}\n".encode("ascii"))
+        write_atomic(path, data)
+    except OSError as exc:
+        _unavailable(path, exc)
+    return sha
 
 
 def store_entry(key, build=None, *, timeout=_LOCK_TIMEOUT_S):
@@ -240,34 +256,27 @@ def _get_or_create(key, build, timeout):
     if build is None and problem is None:
         raise FileNotFoundError(f"skfusion's model store has no entry {path} (key {key!r}).")
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not os.access(path.parent, os.W_OK):
-            raise PermissionError(f"no write permission on {path.parent}")
-    except OSError as exc:
-        if build is None:
-            _refuse(path, problem)
-        warnings.warn(
-            f"skfusion's model store {path.parent} cannot be created ({exc}); building in "
-            "memory. Set SKFUSION_HOME to a writable folder to keep exported models.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        data = _checked(build())
-        return data, sha256_hex(data)
+        writable_folder(path.parent)
+    except OSError as exc:  # a read-only home
+        return _in_memory(path, build, problem, exc)
     from filelock import Timeout
 
+    lock = file_lock(path.with_suffix(".lock"), timeout=timeout)
     try:
-        with file_lock(path.with_suffix(".lock"), timeout=timeout):
-            return _build_locked(path, build)
+        lock.acquire()
     except Timeout:
         if build is None:
             raise
         # another live process has held the lock for `timeout` seconds: build alongside it
         # (atomic writes: whichever finishes last leaves a complete, recorded entry)
         data = _checked(build())
-        sha = sha256_hex(data)
-        _write_entry(path, data, sha)
-        return data, sha
+        return data, _write_entry(path, data)
+    except OSError as exc:  # the lock file cannot be created (a full disk)
+        return _in_memory(path, build, problem, exc)
+    try:
+        return _build_locked(path, build)
+    finally:
+        lock.release()
 
 
 def _build_locked(path, build):
@@ -284,9 +293,27 @@ def _build_locked(path, build):
             stacklevel=5,
         )
     data = _checked(build())
-    sha = sha256_hex(data)
-    _write_entry(path, data, sha)
-    return data, sha
+    return data, _write_entry(path, data)
+
+
+def _in_memory(path, build, problem, exc):
+    """The store folder cannot be written (``exc``): build the bytes and keep them in memory."""
+    if build is None:
+        _refuse(path, problem)
+    _unavailable(path, exc)
+    data = _checked(build())
+    return data, sha256_hex(data)
+
+
+def _unavailable(path, exc):
+    warn_in_memory(
+        "model store",
+        path.parent,
+        exc,
+        "the model is built in memory and not kept (every process builds it again). Set "
+        "SKFUSION_HOME to a writable folder to keep exported models.",
+        stacklevel=5,
+    )
 
 
 def _refuse(path, problem):
