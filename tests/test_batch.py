@@ -3,6 +3,9 @@ per process, encoder settings, unreadable files counted, and a real Dask LocalCl
 
 # SPDX-License-Identifier: BSD-3-Clause
 
+import json
+import logging
+import os
 import pickle
 
 import numpy as np
@@ -226,3 +229,123 @@ def test_predict_dask_on_a_local_cluster(model_file, reviews):
     # each worker process deserialised the model at most once, for all its partitions
     assert len(loads) == 2 and max(loads.values()) == 1
     assert sum(loads.values()) < ddf.npartitions
+
+
+# --- predict_files: the file-to-file engine of ``skfusion predict``, from Python ---
+@pytest.fixture(scope="module")
+def tabular_model(tmp_path_factory):
+    """A saved tabular model (fast to score) and 500 review rows with an id, in Parquet."""
+    folder = tmp_path_factory.mktemp("tabular")
+    data = load_clothing_reviews()
+    X = data.data[["Clothing ID", "Age", "Rating"]].iloc[:500].reset_index(drop=True)
+    model = make_pipeline(StandardScaler(), LogisticRegression())
+    model.fit(X[["Age", "Rating"]], data.target.iloc[:500])
+    skfusion.dump(model, folder / "model.skops")
+    X.to_parquet(folder / "in.parquet", index=False)
+    return folder, X
+
+
+def test_predict_files_chunks_resumes_and_refuses_to_overwrite(tabular_model, tmp_path,
+                                                               caplog):
+    import signal
+
+    folder, X = tabular_model
+    handler = signal.getsignal(signal.SIGTERM)
+    predictor = BatchPredictor(folder / "model.skops", method="predict_proba",
+                               id_columns="Clothing ID")
+    out = tmp_path / "scores.parquet"
+    summary = predictor.predict_files(folder / "in.parquet", out, chunk_size=120)
+    assert summary == {"output": str(out), "rows": 500, "parts": 5, "scored_rows": 500,
+                       "lost_rows": 0, "seconds": summary["seconds"]}
+    assert sorted(os.listdir(out)) == ["_manifest.json"] + [
+        f"part-{i:06d}.parquet" for i in range(5)
+    ]
+    result = pd.read_parquet(out)
+    # the model's matrix products run on 120 rows here, 500 there: last-bit differences
+    pd.testing.assert_frame_equal(result, predictor(X), check_exact=False, rtol=1e-12)
+    assert signal.getsignal(signal.SIGTERM) is handler  # no process-wide handler installed
+
+    with pytest.raises(FileExistsError, match=r"exists; pass overwrite=True to replace it"):
+        predictor.predict_files(folder / "in.parquet", out, chunk_size=120)
+    with caplog.at_level(logging.INFO, logger="skfusion.batch"):
+        again = predictor.predict_files(folder / "in.parquet", out, chunk_size=120, resume=True)
+    assert again["scored_rows"] == 0 and again["rows"] == 500
+    assert "is already complete (500 rows)" in caplog.text
+
+    # an interrupted run: two parts listed, a third written after the last manifest
+    partial = tmp_path / "scores.parquet.partial"
+    os.rename(out, partial)
+    manifest = json.loads((partial / "_manifest.json").read_text())
+    manifest.update(complete=False, parts=manifest["parts"][:2], rows=240)
+    (partial / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileExistsError, match=r"continue it with resume=True, or start again "
+                                              r"with overwrite=True"):
+        predictor.predict_files(folder / "in.parquet", out, chunk_size=120)
+    with pytest.raises(ValueError, match=r"its chunk_size differ .* overwrite=True"):
+        predictor.predict_files(folder / "in.parquet", out, chunk_size=100, resume=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="skfusion.batch"):
+        resumed = predictor.predict_files(folder / "in.parquet", out, chunk_size=120,
+                                          resume=True)
+    assert resumed["scored_rows"] == 260 and resumed["rows"] == 500 and resumed["parts"] == 5
+    assert "resuming after 240 rows already scored in 2 parts." in caplog.text
+    assert not partial.exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(out), result, check_exact=True)
+
+
+def test_predict_files_csv_output_and_input_errors(tabular_model, tmp_path):
+    folder, X = tabular_model
+    X.to_csv(tmp_path / "in.csv", index=False)
+    predictor = BatchPredictor(folder / "model.skops", id_columns="Clothing ID")
+    summary = predictor.predict_files(tmp_path / "in.csv", tmp_path / "labels.csv",
+                                      chunk_size=300)
+    assert summary["parts"] == 2
+    labels = pd.concat(
+        [pd.read_csv(tmp_path / "labels.csv" / f"part-00000{i}.csv") for i in range(2)],
+        ignore_index=True,
+    )
+    pd.testing.assert_frame_equal(labels, predictor(X))
+    with pytest.raises(FileNotFoundError, match="the input .*absent.parquet does not exist"):
+        predictor.predict_files(tmp_path / "absent.parquet", tmp_path / "a.parquet")
+    with pytest.raises(ValueError, match="use NAME.parquet or NAME.csv"):
+        predictor.predict_files(tmp_path / "in.csv", tmp_path / "a.txt")
+    X.drop(columns="Age").to_parquet(tmp_path / "no_age.parquet")
+    with pytest.raises(ValueError, match="no column 'Age', which the model needs"):
+        predictor.predict_files(tmp_path / "no_age.parquet", tmp_path / "b.parquet")
+    assert not (tmp_path / "b.parquet.partial").exists()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_predict_files_a_wrong_type_past_the_first_block(tabular_model, tmp_path, fmt):
+    """pyarrow types CSV and JSONL columns from the first 8 MB: a later text value in a number
+    column fails in the reader, whose message names no row."""
+    folder, X = tabular_model
+    n = 200_000  # 12 MB of CSV: the reader's second block
+    big = pd.DataFrame({
+        "Clothing ID": np.arange(n),
+        "Age": np.resize(X["Age"].to_numpy(), n).astype(object),
+        "Rating": np.resize(X["Rating"].to_numpy(), n),
+        "Note": "a note that makes the rows long enough " * 2,
+    })
+    big.loc[190_000, "Age"] = "forty-two"
+    path = tmp_path / f"big.{fmt}"
+    if fmt == "csv":
+        big.to_csv(path, index=False)
+    else:
+        big.to_json(path, orient="records", lines=True)
+    assert path.stat().st_size > 9 << 20
+    predictor = BatchPredictor(folder / "model.skops", id_columns="Clothing ID")
+    line = 190_002 if fmt == "csv" else 190_001  # the header is line 1 of the CSV
+    message = (rf"column 'Age' holds 'forty-two' at row 190000 \(line {line} of .*big.{fmt}\), "
+               r"which is not a value of the column's type")
+    with pytest.raises(ValueError, match=message):
+        predictor.predict_files(path, tmp_path / "out.parquet", chunk_size=100_000)
+
+
+def test_a_text_value_in_a_number_column_names_its_row(tabular_model):
+    folder, X = tabular_model
+    bad = X.iloc[:6].astype({"Age": object}).set_axis(range(100, 106))
+    bad.loc[103, "Age"] = "forty-two"
+    with pytest.raises(ValueError, match=r"column 'Age' holds 'forty-two' at row 3 "
+                                         r"\(index 103\), which the model cannot read"):
+        BatchPredictor(folder / "model.skops")(bad)

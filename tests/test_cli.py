@@ -361,3 +361,75 @@ def test_demo_command_is_unchanged():
     with pytest.raises(SystemExit) as info:
         main(["demo", "--help"])
     assert info.value.code == 0
+
+
+def test_sigterm_says_resume_exits_143_and_resume_completes(setup, tmp_path):
+    folder, _, _ = setup
+    args = [folder / "model.skops", folder / "more.parquet", "--method", "predict_proba",
+            "--id-col", "row_id", "--chunk-size", 20, "--batch-size", 7]
+    whole = tmp_path / "whole.parquet"
+    assert _run(*args, "-o", whole, "-q") == 0
+
+    out = tmp_path / "scores.parquet"
+    partial = tmp_path / "scores.parquet.partial"
+    command = [sys.executable, "-m", "skfusion.cli", "predict", *map(str, args), "-o", str(out)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    target = partial / "part-000002.parquet"  # mid-way: 15 parts in all
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not target.exists():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)  # what a scheduler sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err  # 143, the shell's convention
+    assert "run the same command with --resume to continue" in err
+    assert "Traceback" not in err
+    assert partial.is_dir() and not out.exists()
+    done = json.loads((partial / "_manifest.json").read_text())["parts"]
+    assert 0 < len(done) < 15  # stopped part-way
+    assert _run(*args, "-o", out, "--resume", "-q") == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(whole),
+                                  check_exact=True)
+
+
+def test_sigterm_handler_is_put_back_after_the_command(setup, tmp_path):
+    folder, _, _ = setup
+    before = signal.getsignal(signal.SIGTERM)
+    assert _run(folder / "model.skops", folder / "in.parquet", "-o", tmp_path / "s.parquet",
+                "-q") == 0
+    assert _run(folder / "model.skops", tmp_path / "absent.parquet", "-o",
+                tmp_path / "t.parquet", "-q") == 1
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def _line_of(path, text):
+    """The 1-based line of ``path`` where ``text`` appears first, as an editor shows it."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        for number, line in enumerate(fh.read().split("\n"), start=1):
+            if text in line:
+                return number
+    raise AssertionError(f"{text!r} is not in {path}")
+
+
+@pytest.mark.parametrize("source", ["bad.csv", "bad.jsonl", "bad.parquet"])
+def test_a_value_of_the_wrong_type_names_its_column_row_and_value(setup, tmp_path, capsys,
+                                                                  source):
+    folder, _, new = setup
+    bad = new.copy()
+    bad["Age"] = bad["Age"].astype(object)
+    bad.loc[57, "Age"] = "forty-two"  # in a numeric column the model scales
+    path = tmp_path / source
+    if source.endswith(".csv"):
+        bad.to_csv(path, index=False)
+    elif source.endswith(".jsonl"):
+        bad.to_json(path, orient="records", lines=True)
+    else:
+        bad.astype({"Age": str}).to_parquet(path, index=False)
+    capsys.readouterr()
+    assert _run(folder / "model.skops", path, "-o", tmp_path / "out.parquet",
+                "--chunk-size", 100) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("skfusion predict: error: ") and err.count("\n") == 1, err
+    assert "column 'Age'" in err and "'forty-two'" in err and "at row 57" in err, err
+    if source != "bad.parquet":  # CSV and JSONL lines, as an editor counts them
+        assert f"(line {_line_of(path, 'forty-two')}" in err, err
+    assert "could not convert" not in err.split("(")[0]
