@@ -1,11 +1,13 @@
-"""Global configuration of skfusion: the embedding cache and progress bars.
+"""Configuration of skfusion: the embedding cache and progress bars.
 
-The configuration is process-wide (every thread sees it, so dask or threading workers in the
-same process share it) and is mirrored into environment variables, so that worker processes
-started afterwards (joblib/loky, multiprocessing, dask nanny processes) inherit it:
+As scikit-learn's, the configuration is **per thread**: :func:`set_config` and
+:func:`config_context` change the calling thread's settings only, so two threads (two fits
+running side by side, a web server's requests) never see each other's changes. A key that the
+thread has not set takes its value from an environment variable, read when it is needed, and
+otherwise from the built-in default:
 
 ========================  =================================  ===================================
-key                       environment variable               meaning
+key                       environment variable (default)     meaning
 ========================  =================================  ===================================
 ``cache``                 ``SKFUSION_CACHE``                 ``"0"``/``"false"``/``"off"`` turns
                                                              the embedding cache off
@@ -23,15 +25,22 @@ key                       environment variable               meaning
                                                              (default off)
 ========================  =================================  ===================================
 
-Precedence: :func:`set_config` / :func:`config_context` in this process, then the environment,
-then the defaults.
+Precedence: :func:`set_config` / :func:`config_context` in this thread, then the environment,
+then the defaults. skfusion never writes the environment variables: they are defaults that a
+user sets (in the shell, or in ``os.environ`` before worker processes start).
+
+skfusion's own parallel work (fusion estimators over their modalities, encoders decoding files,
+:func:`skfusion.inspection.modality_importance`) runs through :mod:`skfusion._parallel`, which
+carries the calling thread's configuration into the joblib workers, threads or processes, as
+:mod:`sklearn.utils.parallel` carries scikit-learn's. Workers that another library dispatches
+(``GridSearchCV(n_jobs=...)``, a dask cluster's tasks) start from the environment and the
+defaults.
 """
 
 # SPDX-License-Identifier: BSD-3-Clause
 
 import os
 import re
-import sys
 import threading
 from contextlib import contextmanager
 
@@ -53,8 +62,16 @@ _ENV = {
     "show_progress": "SKFUSION_SHOW_PROGRESS",
 }
 
-_explicit = {}  # values set in this process with set_config / config_context
-_lock = threading.RLock()
+# The values set in each thread with set_config / config_context (sklearn's _config.py pattern).
+_threadlocal = threading.local()
+
+
+def _get_threadlocal_config():
+    """The calling thread's **mutable** dict of explicitly set keys (empty in a new thread)."""
+    if not hasattr(_threadlocal, "explicit"):
+        _threadlocal.explicit = {}
+    return _threadlocal.explicit
+
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
           "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30}
@@ -119,14 +136,6 @@ def _check(key, value):
     return _parse_bytes(value, key)
 
 
-def _to_env(key, value):
-    if value is None:
-        return None
-    if key in _BOOL_KEYS:
-        return "1" if value else "0"
-    return str(value)
-
-
 def get_config():
     """The current skfusion configuration.
 
@@ -135,7 +144,9 @@ def get_config():
     config : dict
         ``cache`` (bool), ``cache_dir`` (str or None), ``cache_max_bytes`` (int),
         ``cache_disk_max_bytes`` (int) and ``show_progress`` (bool), resolved from
-        :func:`set_config`, the environment and the defaults, in that order.
+        :func:`set_config` / :func:`config_context` in the calling thread, the ``SKFUSION_*``
+        environment variables and the defaults, in that order. A new dict at every call:
+        changing it changes nothing.
 
     See Also
     --------
@@ -148,8 +159,7 @@ def get_config():
     >>> sorted(skfusion.get_config())
     ['cache', 'cache_dir', 'cache_disk_max_bytes', 'cache_max_bytes', 'show_progress']
     """
-    with _lock:
-        explicit = dict(_explicit)
+    explicit = _get_threadlocal_config()
     config = {}
     for key, default in _DEFAULTS.items():
         if key in explicit:
@@ -184,14 +194,15 @@ _PARAMETERS = """\
 
 def set_config(cache=None, cache_dir=None, cache_max_bytes=None, cache_disk_max_bytes=None,
                show_progress=None, **unset):
-    """Change skfusion's configuration for this process and the processes it starts.
+    """Change skfusion's configuration in the calling thread.
 
-    Arguments left at ``None`` are not changed. Each value is also written to its environment
-    variable, so worker processes started afterwards (joblib's loky workers, dask nannies,
-    ``subprocess``) use the same settings; a change also shuts joblib's idle loky workers down
-    (they would keep the old environment), so the next parallel call starts fresh ones.
-    Processes that are already running elsewhere (a dask cluster's workers) keep theirs: export
-    the environment variables before starting them.
+    Arguments left at ``None`` are not changed. As with :func:`sklearn.set_config`, the change
+    holds in this thread only: other threads keep their own settings, and threads started
+    afterwards begin from the environment variables and the defaults. skfusion's parallel work
+    carries the caller's settings into its joblib workers (threads or processes); workers that
+    another library dispatches (``GridSearchCV(n_jobs=...)``, a dask cluster) read the
+    ``SKFUSION_*`` environment variables instead, so set those before they start. Nothing is
+    written to the environment.
 
     Read more in the :ref:`User Guide <embedding_cache>`.
 
@@ -229,37 +240,7 @@ def set_config(cache=None, cache_dir=None, cache_max_bytes=None, cache_disk_max_
         changes["cache_disk_max_bytes"] = _check("cache_disk_max_bytes", cache_disk_max_bytes)
     if show_progress is not None:
         changes["show_progress"] = _check("show_progress", show_progress)
-    _apply(changes)
-
-
-def _apply(changes):
-    with _lock:
-        before = {var: os.environ.get(var) for var in _ENV.values()}
-        for key, value in changes.items():
-            _explicit[key] = value
-            _set_env(_ENV[key], _to_env(key, value))
-        if before != {var: os.environ.get(var) for var in _ENV.values()}:
-            _retire_idle_workers()
-
-
-def _set_env(var, text):
-    if text is None:
-        os.environ.pop(var, None)
-    else:
-        os.environ[var] = text
-
-
-def _retire_idle_workers():
-    """Shut joblib's reusable loky workers down, so the next ones start with the new settings.
-
-    loky keeps its worker processes between ``Parallel`` calls, and a running process does not
-    see later changes of its parent's environment. The next parallel call starts fresh workers.
-    """
-    module = sys.modules.get("joblib.externals.loky.reusable_executor")
-    executor = getattr(module, "_executor", None)
-    flags = getattr(executor, "_flags", None)
-    if executor is not None and flags is not None and not flags.shutdown:
-        executor.shutdown(wait=True)
+    _get_threadlocal_config().update(changes)
 
 
 @contextmanager
@@ -267,8 +248,10 @@ def config_context(*, cache=None, cache_dir=None, cache_max_bytes=None,
                    cache_disk_max_bytes=None, show_progress=None):
     """Change skfusion's configuration inside a ``with`` block, then restore it.
 
-    The change is process-wide while the block runs (threads and worker processes started
-    inside it see it), as with :func:`set_config`.
+    As with :func:`sklearn.config_context`, the change holds in the calling thread only, and
+    the thread's previous settings come back when the block ends, even if it raises. Other
+    threads do not see it, except skfusion's own joblib workers, which receive the settings of
+    the thread that dispatched them (see :func:`set_config`).
 
     Read more in the :ref:`User Guide <embedding_cache>`.
 
@@ -290,22 +273,15 @@ def config_context(*, cache=None, cache_dir=None, cache_max_bytes=None,
     ...     skfusion.get_config()["cache"]
     False
     """
-    with _lock:
-        saved_explicit = dict(_explicit)
-        saved_env = {key: os.environ.get(var) for key, var in _ENV.items()}
-    set_config(cache=cache, cache_dir=cache_dir, cache_max_bytes=cache_max_bytes,
-               cache_disk_max_bytes=cache_disk_max_bytes, show_progress=show_progress)
+    explicit = _get_threadlocal_config()
+    saved = dict(explicit)
     try:
+        set_config(cache=cache, cache_dir=cache_dir, cache_max_bytes=cache_max_bytes,
+                   cache_disk_max_bytes=cache_disk_max_bytes, show_progress=show_progress)
         yield
     finally:
-        with _lock:
-            changed = saved_env != {key: os.environ.get(var) for key, var in _ENV.items()}
-            _explicit.clear()
-            _explicit.update(saved_explicit)
-            for key, var in _ENV.items():
-                _set_env(var, saved_env[key])
-            if changed:
-                _retire_idle_workers()
+        explicit.clear()
+        explicit.update(saved)
 
 
 set_config.__doc__ = set_config.__doc__.format(parameters=_PARAMETERS)

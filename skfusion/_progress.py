@@ -1,10 +1,11 @@
 """Progress bars for long work (encoding many rows): a thin, optional layer over tqdm.
 
-A bar is shown when the caller's ``verbose > 0`` or ``skfusion.get_config()["show_progress"]``
-is true (``SKFUSION_SHOW_PROGRESS=1``), unless this code runs in a worker (see
-:func:`in_worker`) or tqdm is not installed. Whether to create a bar at all is decided here:
-tqdm's ``disable=`` is never passed, so a user's ``TQDM_DISABLE=1`` (and the other ``TQDM_*``
-variables tqdm reads) still applies to the bars that are made.
+A bar is shown when the caller's ``verbose > 0``, an enclosing estimator asked for bars with
+:func:`progress_requested` (a fusion estimator with ``verbose > 0`` around its encoders), or
+``skfusion.get_config()["show_progress"]`` is true (``SKFUSION_SHOW_PROGRESS=1``), unless this
+code runs in a worker (see :func:`in_worker`) or tqdm is not installed. Whether to create a bar
+at all is decided here: tqdm's ``disable=`` is never passed, so a user's ``TQDM_DISABLE=1`` (and
+the other ``TQDM_*`` variables tqdm reads) still applies to the bars that are made.
 """
 
 # SPDX-License-Identifier: BSD-3-Clause
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 
 from ._utils import in_worker_process
 
-__all__ = ["Progress", "in_worker", "progress", "wants_progress"]
+__all__ = ["Progress", "in_worker", "progress", "progress_requested", "wants_progress"]
 
 # Thread names of the pools that run tasks of a Dask scheduler inside this process (the local
 # threaded scheduler, and a distributed Worker started with processes=False).
@@ -53,8 +54,52 @@ def in_worker():
     return name.startswith(_WORKER_THREAD_PREFIXES) or name.endswith("(worker)")
 
 
+# The ``verbose`` an enclosing estimator passes down to the encoders it runs, in this context
+# only (a thread, or a copied context): no setting of anyone else's changes.
+_REQUESTED = contextvars.ContextVar("skfusion_progress_requested", default=0)
+
+
+@contextmanager
+def progress_requested(verbose):
+    """Ask the encoders that run inside the block, in this thread, for progress bars.
+
+    A fusion estimator with ``verbose > 0`` enters it around each modality's work, in the
+    thread that does the work, so its encoders draw bars as if they had ``verbose > 0``
+    themselves. It changes no configuration and nothing that other threads see; a pool's
+    worker thread still draws none (:func:`in_worker`).
+
+    Parameters
+    ----------
+    verbose : int or bool
+        The estimator's ``verbose``; ``0`` or ``False`` asks for nothing (an enclosing request
+        still holds).
+
+    Yields
+    ------
+    None
+
+    Examples
+    --------
+    >>> from skfusion._progress import progress_requested, wants_progress
+    >>> with progress_requested(1):
+    ...     wants_progress(0)
+    True
+    >>> wants_progress(0)
+    False
+    """
+    if not (verbose and int(verbose) > 0):
+        yield
+        return
+    token = _REQUESTED.set(int(verbose))
+    try:
+        yield
+    finally:
+        _REQUESTED.reset(token)
+
+
 def wants_progress(verbose=0):
-    """Whether a bar is asked for: ``verbose > 0`` or the ``show_progress`` config key.
+    """Whether a bar is asked for: ``verbose > 0``, an enclosing :func:`progress_requested`,
+    or the ``show_progress`` config key.
 
     Parameters
     ----------
@@ -76,7 +121,7 @@ def wants_progress(verbose=0):
     ...     wants_progress(0)
     True
     """
-    if verbose and int(verbose) > 0:
+    if (verbose and int(verbose) > 0) or _REQUESTED.get() > 0:
         return True
     from ._config import get_config
 

@@ -26,6 +26,7 @@ from skfusion import (
     LateFusionClassifier,
     LateFusionRegressor,
 )
+from skfusion._progress import wants_progress
 from skfusion.datasets import load_clothing_reviews
 from skfusion.fusion._base import EncodedModalities
 
@@ -210,10 +211,10 @@ def test_verbose_prints_each_modality_stage(reviews, capsys):
 
 
 class ConfigSpy(TransformerMixin, BaseEstimator):
-    """Records whether skfusion's show_progress was on while it was fitted."""
+    """Records whether an encoder fitted here would draw its progress bar."""
 
     def fit(self, X, y=None):
-        self.show_progress_ = skfusion.get_config()["show_progress"]
+        self.show_progress_ = wants_progress(0)
         return self
 
     def transform(self, X):

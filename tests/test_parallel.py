@@ -8,6 +8,7 @@ from collections import Counter
 
 import distributed
 import joblib
+from joblib.externals.loky import get_reusable_executor
 import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
@@ -38,9 +39,8 @@ def reviews():
 
 @pytest.fixture(scope="module", autouse=True)
 def memory_cache():
-    """The in-memory cache only, for the whole module: a configuration change shuts joblib's
-    idle loky workers down, and restarting them (imports, model sessions) per test would
-    cost seconds each."""
+    """The in-memory cache only, for the whole module (in this thread; skfusion's own parallel
+    calls carry it into their workers)."""
     with skfusion.config_context(cache=True, cache_dir=""):
         yield
 
@@ -61,16 +61,23 @@ def _search(modalities, n_jobs, fusion_types=FUSION_TYPES):
 
 
 def test_process_workers_share_the_disk_cache_and_encode_each_item_once(
-    reviews, tmp_path, hash_embedder, read_log
+    reviews, tmp_path, hash_embedder, read_log, monkeypatch
 ):
-    """GridSearchCV(n_jobs=2) on loky processes: the on-disk layer makes it one encode per item."""
+    """GridSearchCV(n_jobs=2) on loky processes: the on-disk layer makes it one encode per item.
+
+    scikit-learn dispatches the search's tasks, so skfusion's settings reach its worker
+    processes the documented way: ``SKFUSION_CACHE_DIR`` in the environment they start with.
+    """
     X, y = reviews
     log = str(tmp_path / "log")
     modalities = [
         ("text", hash_embedder(log=log), "Review Text"),
         ("tab", StandardScaler(), ["Age"]),
     ]
-    with skfusion.config_context(cache_dir=tmp_path / "cache"):
+    monkeypatch.setenv("SKFUSION_CACHE_DIR", str(tmp_path / "cache"))
+    # loky keeps idle workers between calls; ones started by earlier tests lack the variable
+    get_reusable_executor().shutdown(wait=True)
+    with skfusion.config_context(cache_dir=tmp_path / "cache"):  # and in this process's refit
         with joblib.parallel_config(backend="loky"):
             # early and late only: attention would make each fresh worker import torch
             search = _search(modalities, n_jobs=2, fusion_types=("early", "late")).fit(X, y)
@@ -78,6 +85,33 @@ def test_process_workers_share_the_disk_cache_and_encode_each_item_once(
     assert set(counts) == set(X["Review Text"].dropna())
     assert max(counts.values()) == 1, counts.most_common(3)
     assert len(search.cv_results_["mean_test_score"]) == 2
+
+
+def test_fusion_n_jobs_on_loky_carries_the_settings_into_the_workers(
+    tmp_path, hash_embedder, read_log
+):
+    """A fusion estimator's own n_jobs (modalities in loky processes) carries the caller's
+    thread settings, the disk layer here, into its workers: no environment variable needed."""
+    X = load_clothing_reviews(return_X_y=True)[0].iloc[:40]
+    log = str(tmp_path / "log")
+    modalities = [
+        # dims no other test uses: loky workers reused from them keep their memory layers
+        ("review", hash_embedder(dim=5, log=log), "Review Text"),
+        ("title", hash_embedder(dim=4, log=log), "Title"),
+    ]
+    with skfusion.config_context(cache_dir=tmp_path / "cache"):
+        with joblib.parallel_config(backend="loky"):
+            in_workers = EarlyFusion(modalities, n_jobs=2).fit_transform(X)
+        computed = len(read_log(log))
+        cache_clear()  # this process's memory layer: the rows must come from the disk
+        here = EarlyFusion(modalities).fit_transform(X)
+    with open(log) as f:
+        pids = {line.split("\t")[0] for line in f}
+    assert str(os.getpid()) not in pids  # the workers computed every row ...
+    assert computed == X["Review Text"].notna().sum() + X["Title"].notna().sum()
+    assert len(read_log(log)) == computed  # ... and stored it where this process finds it
+    assert cache_info().disk_hits == computed
+    np.testing.assert_array_equal(here, in_workers)
 
 
 def test_dask_local_cluster_gives_the_local_results(reviews, text_encoder_params):
@@ -145,6 +179,7 @@ def _fit_proba(estimator, X, y, X_new):
 
 
 @pytest.mark.parametrize("kind", ["early", "late", "attention"])
+@pytest.mark.kernels
 def test_n_jobs_and_loky_workers_give_the_same_predictions(kind, mixed_data, mixed_modalities):
     """Text, audio, image and tabular modalities: n_jobs=1, n_jobs=2 (loky processes) and a
     fit run whole inside a loky worker predict the same probabilities (DESIGN section 8).

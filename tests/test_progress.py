@@ -9,13 +9,16 @@ import textwrap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import joblib
 import numpy as np
+import pandas as pd
 import pytest
 from joblib import Parallel, delayed
 from onnx import TensorProto, helper
 
 import skfusion
-from skfusion._progress import in_worker, progress, wants_progress
+from skfusion import EarlyFusion
+from skfusion._progress import in_worker, progress, progress_requested, wants_progress
 from skfusion.encoders import ArrayEncoder, OnnxEncoder, TextEncoder
 
 
@@ -171,8 +174,50 @@ def test_one_bar_for_a_column_the_cache_computes_in_chunks(capsys):
     items = [np.array([float(i), 2.0]) for i in range(600)]
     enc = OnnxEncoder(_double_model(), device="cpu", batch_size=64, verbose=1).fit(items[:2])
     with skfusion.config_context(cache=True):
-        skfusion.runtime.cache_clear()
+        skfusion.storage.cache_clear()
         enc.transform(items)
     err = capsys.readouterr().err
     assert "600/600" in err
     assert "256/256" not in err
+
+
+def test_a_progress_request_holds_in_its_thread_only():
+    barrier = threading.Barrier(2, timeout=30)
+    seen = []
+
+    def other():
+        barrier.wait()  # the request below is open in the main thread
+        seen.append(wants_progress(0))
+        barrier.wait()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with progress_requested(1):
+        assert wants_progress(0)
+        barrier.wait()
+        barrier.wait()
+    thread.join(timeout=60)
+    assert seen == [False]
+    assert not wants_progress(0) and not skfusion.get_config()["show_progress"]
+    with progress_requested(0):
+        assert not wants_progress(0)
+
+
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_a_verbose_fusion_estimator_passes_verbose_down_to_its_encoders(n_jobs, capsys):
+    """EarlyFusion(verbose=1): its encoders draw bars in the calling thread (n_jobs=None),
+    none in joblib's pool threads (n_jobs=2); no setting is changed either way."""
+    items = [np.array([float(i), 1.0]) for i in range(40)]
+    X = pd.DataFrame({"a": pd.Series(items, dtype=object),
+                      "b": pd.Series(items[::-1], dtype=object)})
+    fusion = EarlyFusion([("a", ArrayEncoder(), "a"), ("b", ArrayEncoder(), "b")],
+                         n_jobs=n_jobs, verbose=1)
+    with joblib.parallel_config(backend="threading"):
+        fusion.fit_transform(X)
+    err = capsys.readouterr().err
+    assert (err.count("ArrayEncoder: 100%") == 2) is (n_jobs is None), err
+    if n_jobs is not None:
+        assert "ArrayEncoder" not in err
+    assert not skfusion.get_config()["show_progress"] and not wants_progress(0)
+    fusion.set_params(verbose=0, n_jobs=None).fit_transform(X)
+    assert "ArrayEncoder" not in capsys.readouterr().err

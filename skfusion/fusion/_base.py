@@ -22,7 +22,6 @@ from scipy import sparse
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import get_tags
-from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import (
     check_array,
     check_consistent_length,
@@ -31,6 +30,8 @@ from sklearn.utils.validation import (
 )
 
 from .._compat import _BaseComposition
+from .._parallel import Parallel, delayed
+from .._progress import progress_requested
 from .._utils import is_missing_item, missing_mask_1d
 from ..encoders._base import RawItemEncoderMixin
 from ..exceptions import EncodingError
@@ -375,11 +376,11 @@ class _BaseFusion(_BaseComposition):
             work = self._in_rows(func, X, mod)
             work = _timed(work, self, f"({i + 1} of {len(active)}) fitting {mod.name} on "
                                       f"{int(present.sum())} rows")
+            work = _with_progress(work, self)
             jobs.append(delayed(work)(mod, trans, Xm, y_m, present, p_m,
                                       **extra.get(mod.name, {})))
             masks.append(present)
-        with _progress_context(getattr(self, "verbose", 0)):
-            results = Parallel(n_jobs=getattr(self, "n_jobs", None), prefer="threads")(jobs)
+        results = Parallel(n_jobs=getattr(self, "n_jobs", None), prefer="threads")(jobs)
         return list(zip(active, masks, results))
 
     def _encode(self, X):
@@ -409,10 +410,10 @@ class _BaseFusion(_BaseComposition):
             work = self._in_rows(_encode_one, X, enc.mod)
             work = _timed(work, self, f"({i + 1} of {len(encoders)}) encoding {enc.name} on "
                                       f"{int(present.sum())} rows")
+            work = _with_progress(work, self)
             jobs.append(delayed(work)(enc.transformer, Xm, enc.name, enc.sequence))
             masks.append(present)
-        with _progress_context(getattr(self, "verbose", 0)):
-            outs = Parallel(n_jobs=getattr(self, "n_jobs", None), prefer="threads")(jobs)
+        outs = Parallel(n_jobs=getattr(self, "n_jobs", None), prefer="threads")(jobs)
         blocks = []
         presence = np.ones((X.shape[0], len(encoders)), dtype=bool)
         for j, (enc, present, out) in enumerate(zip(encoders, masks, outs)):
@@ -514,16 +515,18 @@ def _call_timed(func, source, message, *args, **kwargs):
         return func(*args, **kwargs)
 
 
-@contextmanager
-def _progress_context(verbose):
-    """With ``verbose > 0``, the encoders inside show their progress bars."""
+def _with_progress(func, est):
+    """With the estimator's ``verbose > 0``, ``func`` runs inside ``progress_requested``, in
+    the thread that runs it, so the encoders inside draw their bars (none in pool workers)."""
+    verbose = getattr(est, "verbose", 0)
     if not verbose:
-        yield
-        return
-    from .. import _config
+        return func
+    return functools.partial(_call_with_progress, func, verbose)
 
-    with _config.config_context(show_progress=True):
-        yield
+
+def _call_with_progress(func, verbose, *args, **kwargs):
+    with progress_requested(verbose):
+        return func(*args, **kwargs)
 
 
 def _call_in_rows(func, index, modality, *args, **kwargs):

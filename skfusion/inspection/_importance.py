@@ -15,9 +15,9 @@ from sklearn.utils import Bunch, _safe_indexing, check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
 from sklearn.utils._tags import get_tags
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
+from .._parallel import Parallel, delayed
 from ..fusion._base import _BaseFusion
 
 __all__ = ["mean_attention", "modality_importance"]
