@@ -1302,10 +1302,22 @@ def predict_dask(
         copied file).
     ddf : dask.dataframe.DataFrame
         The rows to score.
-    method, id_columns, keep_columns, batch_size, trusted, device, on_error
+    method : {"predict", "predict_proba", "transform"}, default="predict"
+        As in :class:`BatchPredictor`.
+    id_columns : str or list of str, default=None
+        As in :class:`BatchPredictor`.
+    keep_columns : bool, default=False
+        As in :class:`BatchPredictor`.
+    batch_size : int, default=1000
         As in :class:`BatchPredictor`.
     sha256 : str, default=None
         Expected SHA-256 of the model file; ``None`` uses the client's copy's hash.
+    trusted : list of str, default=None
+        As in :class:`BatchPredictor`.
+    device : str, default=None
+        As in :class:`BatchPredictor`.
+    on_error : {"raise", "missing"}, default=None
+        As in :class:`BatchPredictor`.
 
     Returns
     -------

@@ -132,8 +132,10 @@ def _row_text(i, label):
 
 
 class ModelFileError(ValueError):
-    """A model file cannot be loaded: corrupt, not the format its extension says, or its
-    SHA-256 differs from the expected one.
+    """A model file cannot be loaded.
+
+    The file is corrupt, not the format its extension says, or its SHA-256 differs from the
+    expected one.
 
     Examples
     --------
@@ -176,7 +178,14 @@ class UntrustedTypesError(ModelFileError):
 
 
 class ModelBytesMismatchError(ValueError):
-    """The ONNX bytes an encoder carries are not the ones whose SHA-256 it recorded at fit."""
+    """The ONNX bytes an encoder carries are not the ones whose SHA-256 it recorded at fit.
+
+    Examples
+    --------
+    >>> from skfusion.exceptions import ModelBytesMismatchError
+    >>> issubclass(ModelBytesMismatchError, ValueError)
+    True
+    """
 
 
 class ModelStoreIntegrityError(RuntimeError):
@@ -185,4 +194,10 @@ class ModelStoreIntegrityError(RuntimeError):
     Raised by the model store (:mod:`skfusion.storage`) without a builder when the entry does
     not match the SHA-256 recorded when it was written (or has no record). The message names
     the file.
+
+    Examples
+    --------
+    >>> from skfusion.exceptions import ModelStoreIntegrityError
+    >>> issubclass(ModelStoreIntegrityError, RuntimeError)
+    True
     """

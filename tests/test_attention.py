@@ -57,6 +57,7 @@ def xor_fitted():
     return clf, X.iloc[400:], y[400:]
 
 
+@pytest.mark.kernels
 def test_interaction_beats_early_fusion(xor_fitted):
     clf, X_test, y_test = xor_fitted
     X, y = xor_data(600)
@@ -74,6 +75,7 @@ def test_interaction_beats_early_fusion(xor_fitted):
     assert list(clf.modality_names_) == ["left", "right"]
 
 
+@pytest.mark.kernels
 def test_same_random_state_identical_predictions():
     X, y = xor_data(150)
     kw = dict(FAST, max_iter=5, dropout=0.2, modality_dropout=0.3)
@@ -192,6 +194,7 @@ def _subsets(n, rng):
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.kernels
 def test_a_row_scores_the_same_in_any_batch(task):
     """sklearn's subset and sample-order invariance, far tighter than its checks ask.
 
@@ -226,6 +229,7 @@ def test_a_row_scores_the_same_in_any_batch(task):
         )
 
 
+@pytest.mark.kernels
 def test_numpy_forward_matches_torch(xor_fitted):
     """The float64 numpy forward pass of predict computes what torch trained in float32."""
     import torch
@@ -357,6 +361,7 @@ def reviews():
 
 
 @pytest.mark.slow
+@pytest.mark.kernels
 def test_text_sequences_on_real_reviews(reviews):
     """Token sequences of real reviews (TextEncoder) with their padding mask, plus tabular."""
     df = reviews

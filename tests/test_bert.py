@@ -89,6 +89,7 @@ def test_text_encoder_uses_the_fused_graph(encoder, pooled):
     assert encoder._onnx_session().output_names == ["token_embeddings", "sentence_embedding"]
 
 
+@pytest.mark.kernels
 def test_fused_graph_matches_the_torch_export(encoder, fused, reviews):
     """The same padded batch through torch's export and the fused graph: same token values."""
     feeds = _feeds(encoder, reviews)
@@ -116,6 +117,7 @@ def _one_length(encoder, texts):
 
 @pytest.mark.parametrize("output", ["token_embeddings", "sentence_embedding"])
 @pytest.mark.parametrize("quantize", [None, "int8"])
+@pytest.mark.kernels
 def test_a_row_does_not_depend_on_its_batch_mates(encoder, pooled, reviews, quantize, output):
     """The graph alone: a text gives the same bits alone and among other texts of its length
     (the batches TextEncoder makes). Exact on any x86-64 CPU: no operation mixes the rows of
@@ -232,6 +234,7 @@ def test_the_build_check_rejects_a_lossy_fp16_conversion(monkeypatch):
         build_bert_onnx(MODEL, "fp16")
 
 
+@pytest.mark.kernels
 def test_padding_does_not_change_a_row(encoder, fused, reviews):
     """The graph masks padded keys; TextEncoder never pads, but other callers may. The masked
     attention kernel runs with or without padding (no If that skips the mask), so padding a
@@ -250,6 +253,7 @@ def test_padding_does_not_change_a_row(encoder, fused, reviews):
         np.testing.assert_allclose(padded, alone[0], rtol=0, atol=1e-5)
 
 
+@pytest.mark.kernels
 def test_numpy_reference_agrees_with_the_graph(encoder, fused, reviews):
     cfg = read_bert_config(read_sentence_transformer_folder(MODEL)["transformer_dir"])
     weights = read_bert_weights(read_sentence_transformer_folder(MODEL)["transformer_dir"], cfg)
@@ -393,6 +397,7 @@ def test_no_module_uses_the_runtimes_private_names():
     assert found == {}
 
 
+@pytest.mark.kernels
 def test_per_channel_quantisation():
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((16, 5)).astype(np.float32) * np.array([1, 10, 0.1, 0, 3])
@@ -479,6 +484,7 @@ def _matmul_model(weight, rank=3):
 
 
 @pytest.mark.parametrize("rank", [2, 3])
+@pytest.mark.kernels
 def test_quantize_int8_is_per_row_and_has_no_side_effects(tmp_path, monkeypatch, rank):
     import logging
 
@@ -579,6 +585,7 @@ def test_small_runs_get_their_own_batch():
     assert batches == [[0], [1], [2], [3], [4], [5, 6, 7, 8]]
 
 
+@pytest.mark.kernels
 def test_parallel_batches_match_one_thread(reviews):
     """On CPU, intra_op_num_threads batches run at once (one thread each): same embeddings, same
     order, as one batch at a time."""

@@ -2,12 +2,10 @@
 
 import subprocess
 import sys
-import warnings
 
 import joblib
 import numpy as np
 import pytest
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.preprocessing import StandardScaler
@@ -150,20 +148,6 @@ def test_grid_mixing_strategies_with_their_own_parameters(reviews):
     best = search.best_estimator_
     assert best.fusion_ == best.fusion
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
-
-
-def test_user_guide_grid_example_runs():
-    """The worked example of docs/user_guide.rst (mixed-strategy grid), run as a doctest."""
-    import doctest
-    import pathlib
-
-    text = (pathlib.Path(__file__).parents[1] / "docs" / "user_guide.rst").read_text()
-    test = doctest.DocTestParser().get_doctest(text, {}, "user_guide", "user_guide.rst", 0)
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # the short attention runs
-        runner.run(test)
-    assert runner.tries >= 10 and runner.failures == 0
 
 
 def test_methods_before_fit_are_those_of_the_estimator_fit_would_build():

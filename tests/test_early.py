@@ -97,6 +97,7 @@ def test_set_output_pandas(reviews):
     assert list(out.columns) == ["tab__Age", "tab__Rating"]
 
 
+@pytest.mark.kernels
 def test_n_jobs_gives_the_same_result(reviews):
     X, _ = reviews
     a = EarlyFusion(spec(), n_jobs=1).fit_transform(X).toarray()

@@ -181,6 +181,7 @@ def test_columns_are_selected_by_name(make, reviews):
         lambda h: AttentionFusionClassifier(dense_spec(h), **FAST),
     ],
 )
+@pytest.mark.kernels
 def test_prediction_writes_nothing_and_threads_agree(make, reviews, hash_embedder):
     """4 threads scoring one fitted model give the serial result; prediction writes no state."""
     X, y = reviews
@@ -230,6 +231,7 @@ def test_verbose_turns_the_encoders_progress_bars_on(reviews, verbose):
     assert fusion.named_transformers_["age"].show_progress_ is bool(verbose)
 
 
+@pytest.mark.kernels
 def test_n_jobs_over_modalities_gives_the_same_result(reviews):
     X, y = reviews
     one = LateFusionClassifier(text_spec(), cv=3).fit(X, y).predict_proba(X.iloc[:40])

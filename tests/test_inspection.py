@@ -131,6 +131,7 @@ def test_drop_matches_predicting_with_the_modality_missing(fitted, data, fusion)
 
 
 @pytest.mark.parametrize("scoring", ["neg_log_loss", "roc_auc", None])
+@pytest.mark.kernels
 def test_shapley_sums_to_full_minus_none(scoring):
     # two informative modalities, so that the values are not trivially 0 / everything
     X, _ = _synthetic(200, seed=1)

@@ -82,6 +82,7 @@ def _exact_lr():
     return LogisticRegression(tol=1e-12, max_iter=10_000)
 
 
+@pytest.mark.kernels
 def test_integer_weights_equal_repeated_rows_early():
     X, y = _data(missing=False)  # early fusion's fill values are unweighted statistics
     w = np.random.RandomState(2).randint(1, 4, size=len(y))
@@ -99,6 +100,7 @@ def test_integer_weights_equal_repeated_rows_early():
     assert np.abs(ignored.predict_proba(X) - repeated.predict_proba(X)).max() > 1e-3
 
 
+@pytest.mark.kernels
 def test_integer_weights_equal_repeated_rows_late():
     X, y = _data()  # with missing rows: weights restricted to the present rows, weighted fill
     w = np.random.RandomState(3).randint(1, 4, size=len(y))

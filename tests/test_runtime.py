@@ -442,6 +442,7 @@ def _small_net():
     return model.SerializeToString()
 
 
+@pytest.mark.kernels
 def test_float16_model_keeps_float32_io_and_runs_on_cpu():
     fp32 = _small_net()
     path = list(sys.path)

@@ -11,12 +11,18 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.metrics import check_scoring
 from sklearn.pipeline import Pipeline
-from sklearn.utils import Bunch, _safe_indexing, check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
-from sklearn.utils._tags import get_tags
+from sklearn.utils import Bunch, check_random_state, get_tags
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
+from .._compat import (
+    HasMethods,
+    Interval,
+    StrOptions,
+    _check_sample_weight,
+    _safe_indexing,
+    validate_params,
+)
 from .._parallel import Parallel, delayed
 from ..fusion._base import _BaseFusion
 

@@ -109,9 +109,32 @@ CacheInfo = namedtuple(
 )
 CacheInfo.__doc__ = """Statistics of the embedding cache in this process (see :func:`cache_info`).
 
-``hits`` = ``memory_hits + disk_hits`` rows served from the cache; ``misses`` rows computed by
-an encoder; ``rows``/``bytes`` the size of the in-memory layer and ``max_bytes`` its budget;
-``cache_dir`` the on-disk layer (None when off); ``enabled`` whether the cache is on.
+Parameters
+----------
+hits : int
+    Rows served from the cache: ``memory_hits + disk_hits``.
+misses : int
+    Rows computed by an encoder.
+memory_hits : int
+    Rows served from the in-memory layer.
+disk_hits : int
+    Rows served from the on-disk layer.
+rows : int
+    Rows held in the in-memory layer.
+bytes : int
+    Size of the in-memory layer.
+max_bytes : int
+    Budget of the in-memory layer.
+cache_dir : str or None
+    The on-disk layer (None when off).
+enabled : bool
+    Whether the cache is on.
+
+Examples
+--------
+>>> from skfusion.storage import cache_info
+>>> sorted(cache_info()._fields)[:3]
+['bytes', 'cache_dir', 'disk_hits']
 """
 
 
