@@ -19,7 +19,9 @@ def pins(pyproject):
         dependencies = tomllib.load(f)["project"]["dependencies"]
     result = []
     for requirement in dependencies:
-        match = re.fullmatch(r"\s*([A-Za-z0-9_.\[\]-]+)\s*>=\s*([0-9][0-9.]*)\s*(,.*)?", requirement)
+        match = re.fullmatch(
+            r"\s*([A-Za-z0-9_.\[\]-]+)\s*>=\s*([0-9][0-9.]*)\s*(,.*)?", requirement
+        )
         if match is None:
             raise SystemExit(f"{pyproject}: no '>=' floor in dependency {requirement!r}")
         result.append(f"{match.group(1)}=={match.group(2)}")
