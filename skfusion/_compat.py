@@ -11,11 +11,12 @@ What differs between the supported versions, and how it is bridged:
 - numpy < 2 has no array-API ``concat`` / ``permute_dims``, which the numpy forward pass of
   :class:`~skfusion.AttentionFusionClassifier` calls: :data:`xp_numpy` is numpy itself on
   numpy 2, and scikit-learn's vendored ``array_api_compat.numpy`` wrapper on numpy 1.x.
-- scikit-learn < 1.7 (no ``sklearn.utils._repr_html``, no vendored ``array_api_compat``, no
-  ``with_config_and_warning_filters`` in ``sklearn.utils.parallel``) is not supported: the
-  floor is 1.7 (see the CHANGELOG).
+- scikit-learn < 1.8 is not supported: 1.6 has no ``sklearn.utils._repr_html``, no vendored
+  ``array_api_compat`` and no ``with_config_and_warning_filters`` in ``sklearn.utils.parallel``;
+  1.7 drops the index of a 1-D Series under ``set_output(transform="pandas")``. The floor is
+  1.8 (see the CHANGELOG).
 
-The rest are scikit-learn's private helpers, unchanged from 1.7 to 1.9, that skfusion's
+The rest are scikit-learn's private helpers, unchanged from 1.8 to 1.9, that skfusion's
 meta-estimators use as scikit-learn's own do.
 
 ``xp_numpy`` and ``xp_torch`` are resolved on first use (``xp_torch`` imports torch), so

@@ -163,3 +163,24 @@ def cuda_build(monkeypatch):
         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
     )
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+@pytest.fixture(params=["under-a-file", "read-only"])
+def unwritable_folder(request, tmp_path):
+    """A folder this process cannot create or write in (the model store's or the cache's).
+
+    "under-a-file": a path below a regular file, so that mkdir fails (NotADirectoryError)
+    for every user, root included. "read-only": below a folder of mode 0500 (PermissionError),
+    for a normal user only: root writes whatever the mode, so it is skipped as root.
+    """
+    if request.param == "under-a-file":
+        blocker = tmp_path / "a-file"
+        blocker.write_bytes(b"")
+        return blocker / "skfusion"
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:
+        pytest.skip("file modes do not stop root (or there are none)")
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    parent.chmod(0o500)
+    request.addfinalizer(lambda: parent.chmod(0o700))
+    return parent / "skfusion"

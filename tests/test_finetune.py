@@ -284,3 +284,26 @@ def test_rows_do_not_depend_on_the_batch(reviews, precision):
     np.testing.assert_array_equal(together[:30], alone)
     np.testing.assert_array_equal(together[120:], np.repeat(together[5:6], 40, axis=0))
     np.testing.assert_array_equal(enc.set_params(batch_size=3).transform(X), together)
+
+
+def test_memo_key_holds_the_folds_by_value_not_by_repr():
+    """Two PredefinedSplits that differ in one fold of 3,000 print alike (numpy elides the
+    middle of a long array); memoised fits keyed by that repr served one split's tuning (and
+    its cross-fitted rows) to the other."""
+    from sklearn.model_selection import PredefinedSplit
+
+    folds = np.zeros(3000, dtype=int)
+    folds[::2] = 1
+    other = folds.copy()
+    other[1500] = 1 - other[1500]
+    assert repr(PredefinedSplit(folds)) == repr(PredefinedSplit(other))
+
+    def key(test_fold):
+        enc = FineTunedTextEncoder(cv=PredefinedSplit(test_fold), random_state=0)
+        # what fit records before it asks for the key (no model needed to build the key)
+        enc.model_hash_, enc.classes_, enc.max_seq_length_ = "model", np.array([0, 1]), 128
+        target, w = np.zeros(3000, dtype=np.int64), np.ones(3000)
+        return enc._memo_key([], target, w, "classification", 0, cross_fit=True)
+
+    assert key(folds) == key(folds.copy())
+    assert key(folds) != key(other)

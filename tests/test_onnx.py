@@ -338,7 +338,9 @@ def test_real_text_model_matches_text_encoder():
         return out
 
     texts = load_clothing_reviews().data["Review Text"].iloc[:40]
-    enc = OnnxEncoder(text_encoder.onnx_model_, preprocess=preprocess, output_name="token_embeddings")
+    enc = OnnxEncoder(
+        text_encoder.onnx_model_, preprocess=preprocess, output_name="token_embeddings"
+    )
     got = enc.fit(texts).transform(texts)
     expected = text_encoder.transform(texts)
     assert np.isnan(got).any(axis=1).tolist() == np.isnan(expected).any(axis=1).tolist()

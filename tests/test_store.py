@@ -129,27 +129,6 @@ def test_store_files_are_private(store_home):
         assert f.stat().st_mode & 0o777 == 0o600, f
 
 
-@pytest.fixture(params=["under-a-file", "read-only"])
-def unwritable_folder(request, tmp_path):
-    """A folder this process cannot create or write in.
-
-    "under-a-file": a path below a regular file, so that mkdir fails (NotADirectoryError)
-    for every user, root included. "read-only": below a folder of mode 0500 (PermissionError),
-    for a normal user only: root writes whatever the mode, so it is skipped as root.
-    """
-    if request.param == "under-a-file":
-        blocker = tmp_path / "a-file"
-        blocker.write_bytes(b"")
-        return blocker / "home"
-    if not hasattr(os, "geteuid") or os.geteuid() == 0:
-        pytest.skip("file modes do not stop root (or there are none)")
-    parent = tmp_path / "read-only"
-    parent.mkdir()
-    parent.chmod(0o500)
-    request.addfinalizer(lambda: parent.chmod(0o700))
-    return parent / "home"
-
-
 def test_unwritable_store_folder_builds_in_memory_with_a_warning(
     store_home, unwritable_folder, monkeypatch
 ):

@@ -248,10 +248,6 @@ class AudioEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
                 f"{CONTRAST_FMIN:.0f} Hz); got sr={self.sr}."
             )
 
-    def __setstate__(self, state):
-        state.setdefault("verbose", 0)  # pickled before the parameter existed
-        super().__setstate__(state)
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Check the parameters and the items' types; nothing is learnt from X.

@@ -92,7 +92,7 @@ class FineTunedTextEncoder(TextEncoder):
     max_iter : int, default=2
         Epochs over the training texts.
 
-    learning_rate : float, default=1e-4
+    learning_rate_init : float, default=1e-4
         Peak learning rate of the tuned layers (the head uses 10 times it), reached after a
         linear warm-up over the first 6% of the steps, then decayed linearly to 0.
 
@@ -188,7 +188,7 @@ class FineTunedTextEncoder(TextEncoder):
         "model_name_or_path": [str, os.PathLike, None],
         "n_tuned_layers": [Interval(Integral, 1, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "train_batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_seq_length": [Interval(Integral, 2, None, closed="left")],
         "output": [StrOptions({"decision", "embedding"})],
@@ -209,7 +209,7 @@ class FineTunedTextEncoder(TextEncoder):
         *,
         n_tuned_layers=1,
         max_iter=2,
-        learning_rate=1e-4,
+        learning_rate_init=1e-4,
         train_batch_size=32,
         max_seq_length=128,
         output="decision",
@@ -226,7 +226,7 @@ class FineTunedTextEncoder(TextEncoder):
         self.model_name_or_path = model_name_or_path
         self.n_tuned_layers = n_tuned_layers
         self.max_iter = max_iter
-        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
         self.train_batch_size = train_batch_size
         self.max_seq_length = max_seq_length
         self.output = output
@@ -430,10 +430,14 @@ class FineTunedTextEncoder(TextEncoder):
             if not isinstance(getattr(self.cv, "random_state", None), Integral):
                 return None
         from ..runtime._bert import BERT_GRAPH_SETTINGS
-        from ..storage._hashing import new_hash
+        from ..storage._hashing import UnhashableValueError, new_hash, value_hash
 
         torch = _torch()
-        folds = repr(self.cv) if cross_fit else None
+        try:
+            # the splitter by value, never by its repr (which elides a PredefinedSplit's folds)
+            folds = value_hash(self.cv) if cross_fit else None
+        except UnhashableValueError:
+            return None
         data = new_hash()
         for enc in encodings:
             ids = np.asarray(enc.ids, dtype=np.int64)
@@ -445,7 +449,7 @@ class FineTunedTextEncoder(TextEncoder):
             f"{_TUNING_VERSION}|{BERT_GRAPH_SETTINGS}|model={self.model_hash_}|task={task}|"
             f"classes={None if self.classes_ is None else self.classes_.tolist()!r}|"
             f"n_tuned_layers={self.n_tuned_layers}|max_iter={self.max_iter}|"
-            f"learning_rate={self.learning_rate!r}|train_batch_size={self.train_batch_size}|"
+            f"learning_rate={self.learning_rate_init!r}|train_batch_size={self.train_batch_size}|"
             f"max_seq_length={self.max_seq_length_}|quantize={self._quantize()}|"
             f"output={self.output}|cv={folds}|seed={seed}|torch={torch.__version__}"
         )
@@ -495,7 +499,7 @@ class FineTunedTextEncoder(TextEncoder):
         return {
             "n_tuned_layers": self.n_tuned_layers,
             "epochs": self.max_iter,
-            "learning_rate": self.learning_rate,
+            "learning_rate": self.learning_rate_init,
             "batch_size": self.train_batch_size,
             "seed": seed,
             "threads": threads,

@@ -368,12 +368,6 @@ class ImageEncoder(RawItemEncoderMixin, TransformerMixin, BaseEstimator):
             expected_sha256=getattr(self, "model_sha256_", None),
         )
 
-    def __setstate__(self, state):
-        # pickled before these existed: no verbose parameter, a held "_session"
-        state.setdefault("verbose", 0)
-        state.pop("_session", None)
-        super().__setstate__(state)
-
     def _resolve_config(self, session):
         """Preprocessing and outputs from the parameters, the model and its input signature."""
         inputs = session.session.get_inputs()
