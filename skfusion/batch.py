@@ -660,7 +660,7 @@ class BatchPredictor:
 
 
 # --------------------------------------------------------------------------- files to files
-class _NamesOptions:
+class OptionNames:
     """An error whose message names options of :meth:`BatchPredictor.predict_files`: the
     template's ``{overwrite}`` and ``{resume}`` read ``overwrite=True`` and ``resume=True``
     here; ``skfusion predict`` names them as its flags (:meth:`for_options`)."""
@@ -673,11 +673,11 @@ class _NamesOptions:
         return self.template.format(overwrite=overwrite, resume=resume)
 
 
-class _OutputExistsError(_NamesOptions, FileExistsError):
+class _OutputExistsError(OptionNames, FileExistsError):
     pass
 
 
-class _ResumeError(_NamesOptions, ValueError):
+class _ResumeError(OptionNames, ValueError):
     pass
 
 

@@ -196,7 +196,7 @@ def _messages(quiet):
 
 
 def _run_predict(args):
-    from .batch import _NamesOptions
+    from .batch import OptionNames
     from .exceptions import ModelFileError
 
     try:
@@ -210,7 +210,7 @@ def _run_predict(args):
         _say("interrupted; run the same command with --resume to continue.")
         return 130
     except (ModelFileError, OSError, ValueError, ImportError) as exc:
-        if isinstance(exc, _NamesOptions):
+        if isinstance(exc, OptionNames):
             text = exc.for_options("--overwrite", "--resume")
         else:
             text = str(exc)

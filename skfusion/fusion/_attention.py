@@ -23,7 +23,7 @@ from ._attention_net import (
     init_params,
     modality_attention,
 )
-from ._base import _BaseFusion, _fit_encode_one, densify, encode_classes, numeric_target
+from ._base import BaseFusion, _fit_encode_one, densify, encode_classes, numeric_target
 
 __all__ = ["AttentionFusionClassifier", "AttentionFusionRegressor"]
 
@@ -36,7 +36,7 @@ def _fit_encode_dense(mod, trans, Xm, y, present, params, *, sequence):
     return trans, (out if sequence else densify(out)), sequence
 
 
-class _BaseAttentionFusion(_BaseFusion):
+class _BaseAttentionFusion(BaseFusion):
     """Shared by the classifier and the regressor."""
 
     _parameter_constraints: dict = {

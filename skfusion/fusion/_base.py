@@ -77,7 +77,7 @@ def is_stateless(transformer):
         return False
 
 
-class _BaseFusion(_BaseComposition):
+class BaseFusion(_BaseComposition):
     """Validation, column routing and presence masks for estimators over a modality spec."""
 
     _required_parameters = ["modalities"]
@@ -771,7 +771,7 @@ def weight_params(estimator, sample_weight, *, owner, role):
 class EncodedModalities:
     """Every fitted modality's encoded rows for one ``X``, with their presence mask.
 
-    What :meth:`_BaseFusion._encode` returns and every fusion estimator's ``_predict_encoded``
+    What :meth:`BaseFusion._encode` returns and every fusion estimator's ``_predict_encoded``
     takes: the output of the per-modality transformers, before the strategy's own head, so
     that the head can be rerun on modified encodings (a modality dropped, a modality's rows
     permuted) without encoding again. Objects are never modified: :meth:`take`,

@@ -26,7 +26,7 @@ from ._attention import (
     AttentionFusionRegressor,
     _BaseAttentionFusion,
 )
-from ._base import _BaseFusion, weight_params
+from ._base import BaseFusion, weight_params
 from ._early import EarlyFusion
 from ._late import LateFusionClassifier, LateFusionRegressor, _BaseLateFusion
 
@@ -109,7 +109,7 @@ def _fitted_has(attr):
     return _estimator_has(attr, delegates=("estimator_", "_strategy_estimator"))
 
 
-class _BaseFusionDispatch(_BaseFusion):
+class _BaseFusionDispatch(BaseFusion):
     _parameter_constraints: dict = {
         **EarlyFusion._parameter_constraints,
         **_BaseLateFusion._parameter_constraints,

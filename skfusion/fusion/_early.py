@@ -18,7 +18,7 @@ from .._compat import (
     _routing_enabled,
 )
 from ._base import (
-    _BaseFusion,
+    BaseFusion,
     _fit_encode_one,
     _weight_key,
     is_stateless,
@@ -30,7 +30,7 @@ from ._base import (
 __all__ = ["EarlyFusion"]
 
 
-class EarlyFusion(TransformerMixin, _BaseFusion):
+class EarlyFusion(TransformerMixin, BaseFusion):
     """Encode each modality with its transformer and concatenate the features.
 
     Early fusion puts every modality into one feature matrix for a single downstream model.

@@ -31,7 +31,7 @@ from .._compat import (
     _routing_enabled,
 )
 from ._base import (
-    _BaseFusion,
+    BaseFusion,
     _encode_one,
     _Encoder,
     _fit_encode_one,
@@ -58,7 +58,7 @@ def _final_has(attr):
     return _estimator_has(attr, delegates=("final_estimator_", "_final_estimator"))
 
 
-class _BaseLateFusion(TransformerMixin, _BaseFusion):
+class _BaseLateFusion(TransformerMixin, BaseFusion):
     """Stacking over modalities; shared by the classifier and the regressor."""
 
     _parameter_constraints: dict = {

@@ -24,7 +24,7 @@ from .._compat import (
     validate_params,
 )
 from .._parallel import Parallel, delayed
-from ..fusion._base import _BaseFusion
+from ..fusion._base import BaseFusion
 
 __all__ = ["mean_attention", "modality_importance"]
 
@@ -36,7 +36,7 @@ MAX_SHAPLEY_MODALITIES = 10
 
 
 def _is_fusion(est):
-    return isinstance(est, _BaseFusion)
+    return isinstance(est, BaseFusion)
 
 
 def _split_model(estimator):
