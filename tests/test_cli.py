@@ -146,14 +146,22 @@ def test_keep_cols_predict_and_empty_input(setup, tmp_path):
     assert list(empty.columns) == ["row_id"] + PROBA and len(empty) == 0
 
 
-def test_kill_9_then_resume_gives_every_row_once(setup, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(setup, tmp_path_factory):
+    """The arguments of a 15-part scoring run and its output when nothing interrupts it: what
+    the kill and SIGTERM tests compare their resumed runs with."""
     folder, _, _ = setup
-    seed = int.from_bytes(os.urandom(4), "little")
-    rng = random.Random(seed)
     args = [folder / "model.skops", folder / "more.parquet", "--method", "predict_proba",
             "--id-col", "row_id", "--chunk-size", 20, "--batch-size", 7]
-    whole = tmp_path / "whole.parquet"
+    whole = tmp_path_factory.mktemp("uninterrupted") / "whole.parquet"
     assert _run(*args, "-o", whole, "-q") == 0
+    return args, whole
+
+
+def test_kill_9_then_resume_gives_every_row_once(uninterrupted, tmp_path):
+    args, whole = uninterrupted
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
 
     out = tmp_path / "scores.parquet"
     partial = tmp_path / "scores.parquet.partial"
@@ -177,7 +185,7 @@ def test_kill_9_then_resume_gives_every_row_once(setup, tmp_path):
     assert _run(*args, "-o", out, "--resume", "-q") == 0
     assert not partial.exists()
     result = pd.read_parquet(out)
-    rows = pd.read_parquet(folder / "more.parquet")["row_id"].tolist()
+    rows = pd.read_parquet(args[1])["row_id"].tolist()
     assert result["row_id"].tolist() == rows, seed  # each row once, in order
     pd.testing.assert_frame_equal(result, pd.read_parquet(whole), check_exact=True)
     assert _run(*args, "-o", out, "--resume", "-q") == 0  # a finished output: nothing to do
@@ -363,12 +371,8 @@ def test_demo_command_is_unchanged():
     assert info.value.code == 0
 
 
-def test_sigterm_says_resume_exits_143_and_resume_completes(setup, tmp_path):
-    folder, _, _ = setup
-    args = [folder / "model.skops", folder / "more.parquet", "--method", "predict_proba",
-            "--id-col", "row_id", "--chunk-size", 20, "--batch-size", 7]
-    whole = tmp_path / "whole.parquet"
-    assert _run(*args, "-o", whole, "-q") == 0
+def test_sigterm_says_resume_exits_143_and_resume_completes(uninterrupted, tmp_path):
+    args, whole = uninterrupted
 
     out = tmp_path / "scores.parquet"
     partial = tmp_path / "scores.parquet.partial"
